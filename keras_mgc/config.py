@@ -1,0 +1,357 @@
+"""Recipe schema: every key a recipe may hold, its type, default and meaning.
+
+A recipe is a YAML file validated here before anything runs (pydantic, with unknown
+keys forbidden), so a typo or a wrong type stops the run with one message naming the
+key path. Command-line overrides (`--set train.epochs=2 model.ccs.stop=512`) are
+applied to the raw document before validation, so they are checked the same way.
+
+The paper's naming carries over: `model.channels` is the paper's "c" and
+`model.ccs.stop` its "s", both totals over the frequency sub-bands when FSA is on.
+
+This module does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+#: The paper's four overlapping 18-bin sub-bands of the 48 mel bins (stride 10).
+PAPER_BANDS: list[list[int]] = [[0, 18], [10, 28], [20, 38], [30, 48]]
+
+
+class RecipeError(ValueError):
+    """A recipe (or an override) that cannot be used; the message names the key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class FrontendConfig(_Section):
+    """Log-mel front end (DESIGN.md section 1: torchaudio MelSpectrogram defaults)."""
+
+    sample_rate: PositiveInt = 22050
+    n_fft: PositiveInt = 2048
+    win_length: PositiveInt = 512
+    hop_length: PositiveInt = 256
+    n_mels: PositiveInt = 48
+    f_min: Annotated[float, Field(ge=0)] = 0.0
+    f_max: float | None = None  # None: sample_rate / 2
+    log_offset: PositiveFloat = 1e-6
+    mean_normalize: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "FrontendConfig":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length: {self.win_length} must be <= n_fft ({self.n_fft})")
+        if self.win_length != 2 * self.hop_length:
+            raise ValueError(
+                f"win_length: {self.win_length} must be 2 * hop_length ({self.hop_length}): "
+                "the matmul DFT front end frames the signal in half-window blocks"
+            )
+        f_max = self.f_max if self.f_max is not None else self.sample_rate / 2
+        if not self.f_min < f_max <= self.sample_rate / 2:
+            raise ValueError(f"f_max: need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={f_max}")
+        return self
+
+
+class CCSConfig(_Section):
+    """Convolution channel separation: `stop` is the paper's s (0 switches CCS off)."""
+
+    stop: NonNegativeInt | list[NonNegativeInt] = 0
+
+
+class FSAConfig(_Section):
+    """Frequency sub-band aggregation: each band gets its own feature extractor."""
+
+    enabled: bool = False
+    bands: list[list[NonNegativeInt]] = Field(default_factory=lambda: copy.deepcopy(PAPER_BANDS))
+
+    @field_validator("bands")
+    @classmethod
+    def _check_bands(cls, bands: list[list[int]]) -> list[list[int]]:
+        if not bands:
+            raise ValueError("at least one band is needed")
+        for band in bands:
+            if len(band) != 2 or band[0] >= band[1]:
+                raise ValueError(f"each band is [start, end) with start < end, got {band}")
+        return bands
+
+
+class ModelConfigBase(_Section):
+    """Keys every backbone shares: input kind, front end, head."""
+
+    input: Literal["waveform", "mel"] = "waveform"
+    frontend: FrontendConfig = Field(default_factory=FrontendConfig)
+    sync_batchnorm: bool = False
+
+
+class ECAPAConfig(ModelConfigBase):
+    """ECAPA-TDNN, optionally with CCS and FSA (DESIGN.md section 1)."""
+
+    backbone: Literal["ecapa_tdnn"] = "ecapa_tdnn"
+    channels: PositiveInt | list[PositiveInt] = 1024
+    ccs: CCSConfig = Field(default_factory=CCSConfig)
+    fsa: FSAConfig = Field(default_factory=FSAConfig)
+    first_kernel_size: PositiveInt = 5
+    kernel_size: PositiveInt = 3
+    dilations: list[PositiveInt] = Field(default_factory=lambda: [2, 3, 4])
+    res2_scale: PositiveInt = 8
+    se_channels: PositiveInt = 128
+    attention_channels: PositiveInt = 256
+    last_channels: PositiveInt | None = None  # None: the authors' rule (BUILD_NOTES.md)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ECAPAConfig":
+        bands = self.band_slices()
+        n_mels = self.frontend.n_mels
+        for start, end in bands:
+            if end > n_mels:
+                raise ValueError(f"fsa.bands: band [{start}, {end}) exceeds n_mels={n_mels}")
+        for c, m in zip(self.band_channels(), self.band_stop()):
+            if (c + m) % self.res2_scale:
+                raise ValueError(
+                    f"channels: block width C + M = {c + m} per band must be divisible by res2_scale={self.res2_scale}"
+                )
+        return self
+
+    # The helpers below turn the paper's totals into per-band numbers.
+    def band_slices(self) -> list[tuple[int, int]]:
+        if self.fsa.enabled:
+            return [(b[0], b[1]) for b in self.fsa.bands]
+        return [(0, self.frontend.n_mels)]
+
+    def _per_band(self, value: int | list[int], key: str) -> list[int]:
+        n = len(self.band_slices())
+        if isinstance(value, list):
+            if len(value) != n:
+                raise ValueError(f"{key}: a list needs one value per band ({n}), got {len(value)}")
+            return list(value)
+        if value % n:
+            raise ValueError(f"{key}: {value} is a total over {n} bands and must be divisible by {n}")
+        return [value // n] * n
+
+    def band_channels(self) -> list[int]:
+        """C per band (continuous channels)."""
+        return self._per_band(self.channels, "channels")
+
+    def band_stop(self) -> list[int]:
+        """M per band (stop channels, 0 without CCS)."""
+        return self._per_band(self.ccs.stop, "ccs.stop")
+
+
+#: Backbone configurations by name. Baselines (ResNet, VGG, BBNN) add their config class
+#: here and a builder in keras_mgc.models; a recipe picks one with `model.backbone`.
+ModelConfig = ECAPAConfig
+MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {"ecapa_tdnn": ECAPAConfig}
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataConfig(_Section):
+    """Where the clips come from, how they are split and cropped."""
+
+    dataset: Literal["synthetic", "folder", "gtzan", "melon"] = "gtzan"
+    root: str | None = None  # dataset folder; `--data-dir` sets it
+    split: Literal["paper_10fold", "fault_filtered", "kfold", "lists"] = "paper_10fold"
+    split_dir: str | None = None  # for split: lists (fold*.txt or train/valid/test.txt)
+    n_folds: Annotated[int, Field(ge=2)] = 10  # for split: kfold
+    folds: list[PositiveInt] | Literal["all"] = "all"  # which folds to run
+    allow_missing: bool = False
+    max_skip_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None
+    crop_samples: PositiveInt = 44356
+    data_cycle: PositiveInt = 8
+    synthetic_clips_per_class: PositiveInt = 12  # for dataset: synthetic
+    synthetic_seconds: PositiveFloat = 6.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.dataset != "synthetic" and self.root is None:
+            raise ValueError(f"root: dataset '{self.dataset}' needs a data folder (data.root or --data-dir)")
+        if self.split == "lists" and self.split_dir is None:
+            raise ValueError("split_dir: split 'lists' needs a folder of split lists")
+        for key in ("root", "split_dir", "cache_dir"):
+            value = getattr(self, key)
+            if value is not None and key != "cache_dir" and not Path(value).exists():
+                raise ValueError(f"{key}: path does not exist: {value}")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+
+class OptimizerConfig(_Section):
+    """Adam with decoupled weight decay (AdamW), as the authors' torch.optim.Adam(weight_decay)."""
+
+    name: Literal["adamw", "adam"] = "adamw"
+    learning_rate: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+
+
+class ScheduleConfig(_Section):
+    """Cosine annealing per epoch to `min_learning_rate`; SGDR restarts when `restart_period` is set."""
+
+    name: Literal["cosine", "constant"] = "cosine"
+    min_learning_rate: Annotated[float, Field(ge=0)] = 1e-6
+    restart_period: PositiveInt | None = None  # epochs of the first SGDR cycle (T_0)
+    restart_mult: PositiveInt = 1  # T_mult
+
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 80
+    batch_size: PositiveInt = 64
+    steps_per_epoch: PositiveInt | None = None  # None: data_cycle passes over the train set
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    deterministic: bool = True
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    nan_policy: Literal["stop"] = "stop"
+    verbose: Literal[0, 1, 2] = 1
+
+
+class EvalConfig(_Section):
+    """Test-time evaluation: whole clip in one pass and/or the paper's TTA."""
+
+    modes: list[Literal["whole", "tta"]] = Field(default_factory=lambda: ["whole", "tta"])
+    tta_crops: PositiveInt = 16
+    headline: Literal["whole", "tta"] = "whole"
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        if not self.modes:
+            raise ValueError("modes: needs at least one of 'whole', 'tta'")
+        if self.headline not in self.modes:
+            raise ValueError(f"headline: '{self.headline}' must be one of modes {self.modes}")
+        return self
+
+
+class Recipe(_Section):
+    """A whole experiment: one published system on one dataset protocol."""
+
+    name: str
+    description: str = ""
+    paper_ref: str | None = None  # e.g. "#15 (Table 2)"
+    seed: int = 3823
+    output_dir: str = "runs"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_UNION_TAG = re.compile(r"^(constrained-|list\[|dict\[|int$|float$|str$|bool$|none$|literal\[|function-)")
+_KEYED_MSG = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.S)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    """One line per bad key: `key.path: what is wrong (got value)`; union branches merged."""
+    lines: dict[str, list[str]] = {}
+    for item in error.errors():
+        parts = [str(p) for p in item["loc"] if not _UNION_TAG.match(str(p))]
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(Recipe, tuple(parts[:-1]))
+            allowed = sorted(parent.model_fields) if parent is not None else []
+            close = difflib.get_close_matches(parts[-1], allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.setdefault(".".join(parts), []).append(f"unknown key{hint} (allowed here: {', '.join(allowed)})")
+            continue
+        msg = item["msg"].removeprefix("Value error, ")
+        keyed = _KEYED_MSG.match(msg)
+        if keyed:  # a section validator naming its own key: "root: path does not exist"
+            parts, msg = parts + [keyed.group(1)], keyed.group(2)
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) or got is None or keyed else f" (got {got!r})"
+        text = f"{msg}{shown}"
+        bucket = lines.setdefault(".".join(parts) or "recipe", [])
+        if text not in bucket:
+            bucket.append(text)
+    body = "\n  ".join(f"{key}: {' or '.join(msgs)}" for key, msgs in lines.items())
+    return f"invalid recipe {source}:\n  {body}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `document` with `a.b.c=value` overrides set (values parsed as YAML)."""
+    document = copy.deepcopy(document)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override '{item}': expected KEY.PATH=VALUE, e.g. train.epochs=2")
+        parts = key.strip().split(".")
+        node = document
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{item}': {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"override '{item}': value is not valid YAML: {exc}") from None
+    return document
+
+
+def parse_recipe(document: Any, source: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe document (a dict from YAML) with optional overrides."""
+    if not isinstance(document, dict):
+        raise RecipeError(f"invalid recipe {source}: the top level must be a mapping of keys, got {type(document).__name__}")
+    document = apply_overrides(document, overrides or [])
+    try:
+        return Recipe.model_validate(document)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, source)) from None
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe file {path} cannot be read: {exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
+    return parse_recipe(document, str(path), overrides)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain-JSON form of a validated recipe, with every default filled in."""
+    return recipe.model_dump(mode="json")
