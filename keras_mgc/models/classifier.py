@@ -1,0 +1,119 @@
+"""The genre classifier task: preprocessor -> backbone -> head, as one functional Keras model.
+
+Split as keras-hub splits its models: the preprocessor turns audio (or precomputed mels)
+into normalised log-mels, the backbone turns log-mels into a pooled embedding, the head
+turns the embedding into class logits. The model's output is logits (float32); softmax is
+applied by the loss in training and by the exported serving signatures.
+
+Example:
+    >>> from keras_mgc.config import ECAPAConfig
+    >>> model = build_model(ECAPAConfig(channels=64), num_classes=10)
+    >>> model(np.zeros((2, 44356), "float32")).shape
+    TensorShape([2, 10])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+
+from keras_mgc.config import ECAPAConfig, ModelConfigBase
+from keras_mgc.frontend import LogMelSpectrogram, TimeMeanNormalization
+from keras_mgc.models.ecapa_tdnn import batch_norm, build_ecapa_backbone, torch_initializers
+
+#: Backbone builders by `model.backbone` name: log-mel (batch, frames, n_mels) -> embedding.
+#: The paper's baselines (ResNet, SE-ResNet, VGG, BBNN) register here with their config class
+#: in keras_mgc.config.MODEL_CONFIGS.
+BACKBONES: dict[str, Callable[[Any], keras.Model]] = {"ecapa_tdnn": build_ecapa_backbone}
+
+
+@keras.saving.register_keras_serializable(package="keras_mgc")
+class ClassifierHead(keras.layers.Layer):
+    """BatchNorm on the embedding -> Linear -> BatchNorm on the logits (the authors' head), in float32."""
+
+    def __init__(self, in_features: int, num_classes: int, sync_batchnorm: bool = False, **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"  # the final BatchNorm and the loss stay in float32 under mixed precision
+        super().__init__(**kwargs)
+        self.in_features, self.num_classes, self.sync_batchnorm = in_features, num_classes, sync_batchnorm
+        self.embedding_bn = batch_norm(sync_batchnorm, name="embedding_bn", dtype="float32")
+        self.dense = keras.layers.Dense(num_classes, name="dense", dtype="float32", **torch_initializers(in_features))
+        self.logit_bn = batch_norm(sync_batchnorm, name="logit_bn", dtype="float32")
+
+    def build(self, input_shape: tuple) -> None:
+        self.embedding_bn.build(input_shape)
+        self.dense.build(input_shape)
+        self.logit_bn.build((input_shape[0], self.num_classes))
+
+    def call(self, embedding: Any, training: bool | None = None) -> Any:
+        embedding = keras.ops.cast(embedding, "float32")
+        return self.logit_bn(self.dense(self.embedding_bn(embedding, training=training)), training=training)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], self.num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(in_features=self.in_features, num_classes=self.num_classes, sync_batchnorm=self.sync_batchnorm)
+        config.pop("dtype", None)
+        return config
+
+
+def build_backbone(cfg: ModelConfigBase) -> keras.Model:
+    """The backbone named by `cfg.backbone`, as a functional model log-mel -> embedding."""
+    try:
+        builder = BACKBONES[cfg.backbone]
+    except KeyError:
+        raise ValueError(f"model.backbone: unknown backbone '{cfg.backbone}' (known: {sorted(BACKBONES)})") from None
+    return builder(cfg)
+
+
+def build_preprocessor(cfg: ModelConfigBase, kind: str | None = None) -> tuple[keras.KerasTensor, Any]:
+    """The model input and its normalised log-mels, for `kind` "waveform" or "mel"."""
+    kind = kind or cfg.input
+    fe = cfg.frontend
+    if kind == "waveform":
+        inputs = keras.Input((None,), name="waveform")
+        features = LogMelSpectrogram(
+            fe.sample_rate, fe.n_fft, fe.win_length, fe.hop_length, fe.n_mels, fe.f_min, fe.f_max,
+            fe.log_offset, fe.mean_normalize, name="frontend",
+        )(inputs)
+    elif kind == "mel":
+        inputs = keras.Input((None, fe.n_mels), name="mel")
+        features = TimeMeanNormalization(name="frontend")(inputs) if fe.mean_normalize else inputs
+    else:
+        raise ValueError(f"model.input: expected 'waveform' or 'mel', got {kind!r}")
+    return inputs, features
+
+
+def build_model(cfg: ModelConfigBase | dict, num_classes: int, name: str = "genre_classifier") -> keras.Model:
+    """The whole classifier (input -> logits) for any backbone configuration.
+
+    `cfg` is a model config (or its dict form, as in a recipe's `model:` section);
+    `num_classes` comes from the data.
+    """
+    if isinstance(cfg, dict):
+        cfg = ECAPAConfig.model_validate(cfg) if cfg.get("backbone", "ecapa_tdnn") == "ecapa_tdnn" else cfg
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    inputs, features = build_preprocessor(cfg)
+    backbone = build_backbone(cfg)
+    embedding = backbone(features)
+    logits = ClassifierHead(backbone.output_shape[-1], num_classes, cfg.sync_batchnorm, name="head")(embedding)
+    return keras.Model(inputs, logits, name=name)
+
+
+def with_input(model: keras.Model, kind: str, cfg: ModelConfigBase) -> keras.Model:
+    """The same trained backbone and head behind another input kind ("waveform" or "mel").
+
+    Layers (and weights) are shared with `model`; outputs are (logits, embedding).
+    """
+    inputs, features = build_preprocessor(cfg, kind)
+    embedding = model.get_layer("backbone")(features)
+    logits = model.get_layer("head")(embedding)
+    return keras.Model(inputs, {"logits": logits, "embedding": embedding}, name=f"{model.name}_{kind}")
+
+
+def count_params(model: keras.Model) -> int:
+    """Trainable parameters, counted as PyTorch counts them (no BatchNorm running statistics)."""
+    return int(sum(keras.ops.size(w) for w in model.trainable_weights))

@@ -1,0 +1,142 @@
+"""The builder: every published ECAPA system is one configuration; the built models behave."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mgc.config import ECAPAConfig
+from keras_mgc.models import build_model, count_params, with_input
+from keras_mgc.models.__main__ import PAPER_SYSTEMS
+
+# Small versions of the three kinds of system, for behaviour tests on a CPU (Res2Net scale 2
+# keeps the graph small: tracing a training step costs more than running it here).
+_SMALL = {"se_channels": 8, "attention_channels": 16, "res2_scale": 2}
+SMALL = {
+    "vanilla": {"channels": 32, **_SMALL},
+    "ccs": {"channels": 32, "ccs": {"stop": 16}, **_SMALL},
+    "ccs_fsa": {"channels": 64, "ccs": {"stop": 32}, "fsa": {"enabled": True}, **_SMALL},
+}
+CROP = 44356
+
+
+def _audio(batch: int, samples: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((batch, samples)) * 0.1).astype("float32")
+
+
+@pytest.mark.parametrize("system", list(PAPER_SYSTEMS))
+def test_parameter_counts_equal_the_authors_models(system):
+    cfg, expected = PAPER_SYSTEMS[system]
+    model = build_model(ECAPAConfig(**cfg), num_classes=10)
+    assert count_params(model) == expected
+
+
+def test_pooled_sizes_follow_the_paper():
+    cases = {"#12 CCS s=512 c=1024": 2 * 3840, "#15 CCS+FSA s=512 c=1024": 6144, "#8 ECAPA-TDNN C=1024": 3072}
+    for system, pooled in cases.items():
+        model = build_model(ECAPAConfig(**PAPER_SYSTEMS[system][0]), num_classes=10)
+        assert model.get_layer("backbone").output_shape == (None, pooled)
+
+
+def test_number_of_classes_comes_from_the_caller():
+    model = build_model(ECAPAConfig(**SMALL["ccs"]), num_classes=28)
+    assert model.output_shape == (None, 28)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model(ECAPAConfig(**SMALL["ccs"]), num_classes=1)
+
+
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_time_length_is_free(kind):
+    model = build_model(ECAPAConfig(**SMALL[kind]), num_classes=10)
+    crop = model(_audio(2, CROP), training=False)
+    clip = model(_audio(1, 30 * 22050), training=False)
+    assert crop.shape == (2, 10) and clip.shape == (1, 10)
+    assert np.isfinite(np.asarray(clip)).all()
+
+
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_save_and_load_give_identical_outputs(kind, tmp_path):
+    model = build_model(ECAPAConfig(**SMALL[kind]), num_classes=10)
+    # Move BatchNorm statistics away from their initial values so that they are checked too.
+    rng = np.random.default_rng(1)
+    for weight in model.non_trainable_weights:
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype("float32"))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    audio = _audio(2, CROP, seed=5)
+    np.testing.assert_array_equal(np.asarray(model(audio)), np.asarray(loaded(audio)))
+    assert count_params(loaded) == count_params(model)
+
+
+def test_mel_input_path_skips_the_front_end():
+    cfg = ECAPAConfig(input="mel", **SMALL["ccs_fsa"])
+    model = build_model(cfg, num_classes=28)
+    mel = np.random.default_rng(0).standard_normal((2, 174, 48)).astype("float32")
+    assert model(mel).shape == (2, 28)
+    assert model.input.shape == (None, None, 48)
+
+
+def test_with_input_shares_weights_between_audio_and_mel_entry_points():
+    cfg = ECAPAConfig(**SMALL["ccs"])
+    model = build_model(cfg, num_classes=10)
+    audio = _audio(1, CROP)
+    mel_model = with_input(model, "mel", cfg)
+    raw_logmel = keras.layers.Lambda(lambda a: a)(model.get_layer("frontend")(audio))
+    # The mel entry point normalises its input itself, so un-normalised log-mels give the same answer.
+    out = mel_model(np.asarray(raw_logmel) + 4.0)
+    np.testing.assert_allclose(np.asarray(out["logits"]), np.asarray(model(audio)), atol=1e-4)
+    assert out["embedding"].shape == (1, model.get_layer("backbone").output_shape[-1])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_mixed_precision_trains_with_finite_loss(policy, kind):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(ECAPAConfig(**SMALL[kind]), num_classes=10)
+        optimizer = keras.optimizers.AdamW(1e-3, weight_decay=1e-5)
+        if policy == "mixed_float16":
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = [np.array(w) for w in model.trainable_weights]
+        # Batches of one: dynamic loss scaling may skip the first steps while it finds its scale.
+        history = model.fit(_audio(8, CROP) * 30.0, np.arange(8) % 10, batch_size=1, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert any(not np.array_equal(b, np.asarray(w)) for b, w in zip(before, model.trainable_weights))
+        # The numerically sensitive parts run in float32; the convolutions in the low precision.
+        compute = policy.removeprefix("mixed_")
+        assert model.get_layer("frontend").compute_dtype == "float32"
+        assert model.get_layer("backbone").get_layer("pooling").compute_dtype == "float32"
+        assert model.get_layer("head").compute_dtype == "float32"
+        assert model.get_layer("backbone").get_layer("sub_bands").compute_dtype == compute
+        assert model(_audio(1, CROP)).dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_models_cli_prints_the_parameter_table():
+    out = subprocess.run(
+        [sys.executable, "-m", "keras_mgc.models", "--no-flops"], capture_output=True, text=True, check=True
+    ).stdout
+    for system, (_, expected) in PAPER_SYSTEMS.items():
+        line = next(line for line in out.splitlines() if line.startswith(system))
+        assert line.split()[-4:-2] == [f"{expected:,}", f"{expected:,}"]
+    assert "differs" not in out
+
+
+def test_flop_count_scales_with_audio_length():
+    from keras_mgc.models.flops import count_flops
+
+    model = build_model(ECAPAConfig(**SMALL["vanilla"]), num_classes=10)
+    one, two = count_flops(model, 22050 * 2), count_flops(model, 22050 * 4)
+    assert 1.9 < two["total"] / one["total"] < 2.05
+    assert 0 < one["frontend"] < one["total"]
+    # The front end's DFT alone: frames x 512 window samples x 2 x (cos + sin) columns.
+    frames = 1 + 22050 * 2 // 256
+    assert one["frontend"] >= frames * 512 * 2 * 2 * 1000
