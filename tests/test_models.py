@@ -140,3 +140,24 @@ def test_flop_count_scales_with_audio_length():
     # The front end's DFT alone: frames x 512 window samples x 2 x (cos + sin) columns.
     frames = 1 + 22050 * 2 // 256
     assert one["frontend"] >= frames * 512 * 2 * 2 * 1000
+
+
+def test_load_float32_rebuilds_a_mixed_precision_model_in_float32(tmp_path):
+    cfg = ECAPAConfig(**SMALL["ccs"])
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(cfg, num_classes=10)
+        model.save(tmp_path / "mixed.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    reloaded = keras.models.load_model(tmp_path / "mixed.keras")
+    assert reloaded.get_layer("backbone").get_layer("sub_bands").compute_dtype == "bfloat16"  # the trap
+    f32 = load_float32(str(tmp_path / "mixed.keras"), cfg, 10, dft_precision="float32")
+    assert f32.get_layer("backbone").get_layer("sub_bands").compute_dtype == "float32"
+    assert f32.get_layer("frontend").dft_precision == "float32"
+    for a, b in zip(f32.weights, model.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    audio = _audio(1, CROP)
+    np.testing.assert_allclose(np.asarray(f32(audio)), np.asarray(reloaded(audio)), atol=0.05)
+    with pytest.raises(ValueError, match="weights"):
+        load_float32(str(tmp_path / "mixed.keras"), ECAPAConfig(**SMALL["vanilla"]), 10)

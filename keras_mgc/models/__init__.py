@@ -4,7 +4,15 @@
 FLOPs per second of audio.
 """
 
-from keras_mgc.models.classifier import BACKBONES, ClassifierHead, build_backbone, build_model, count_params, with_input
+from keras_mgc.models.classifier import (
+    BACKBONES,
+    ClassifierHead,
+    build_backbone,
+    build_model,
+    count_params,
+    load_float32,
+    with_input,
+)
 from keras_mgc.models.ecapa_tdnn import (
     AttentiveStatsPooling,
     ChannelSeparation,
@@ -18,7 +26,7 @@ from keras_mgc.models.ecapa_tdnn import (
 )
 
 __all__ = [
-    "BACKBONES", "ClassifierHead", "build_backbone", "build_model", "count_params", "with_input",
+    "BACKBONES", "ClassifierHead", "build_backbone", "build_model", "count_params", "load_float32", "with_input",
     "AttentiveStatsPooling", "ChannelSeparation", "ConvReluBN", "FeatureExtractor", "Res2Conv1D",
     "SEBlock", "SERes2Block", "SubBandAggregator", "build_ecapa_backbone",
 ]

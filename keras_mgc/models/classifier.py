@@ -117,3 +117,42 @@ def with_input(model: keras.Model, kind: str, cfg: ModelConfigBase) -> keras.Mod
 def count_params(model: keras.Model) -> int:
     """Trainable parameters, counted as PyTorch counts them (no BatchNorm running statistics)."""
     return int(sum(keras.ops.size(w) for w in model.trainable_weights))
+
+
+def load_float32(path: str, cfg: ModelConfigBase, num_classes: int, dft_precision: str | None = None) -> keras.Model:
+    """A saved model rebuilt in float32 from its configuration, with the saved weights.
+
+    A `.keras` file saved under a mixed-precision policy reloads with float16/bfloat16
+    layers whatever the global policy (DESIGN.md section 2), and such a graph neither runs
+    fast on a CPU nor converts to TFLite; rebuilding under float32 and copying the weights
+    (variables are float32 under every policy) gives the same model in float32.
+    `dft_precision` overrides the front end's DFT precision (exports use "float32").
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_model(cfg, num_classes)
+        if dft_precision is not None and cfg.input == "waveform":
+            model = _with_dft_precision(model, cfg, dft_precision)
+        saved = keras.models.load_model(path, compile=False)
+        if len(saved.weights) != len(model.weights):
+            raise ValueError(f"{path}: saved model has {len(saved.weights)} weights, the configuration "
+                             f"builds {len(model.weights)}: was it trained with another model config?")
+        for target, source in zip(model.weights, saved.weights):
+            if tuple(target.shape) != tuple(source.shape):
+                raise ValueError(f"{path}: weight {source.path} has shape {tuple(source.shape)}, "
+                                 f"the configuration expects {tuple(target.shape)}")
+            target.assign(keras.ops.cast(source, target.dtype))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return model
+
+
+def _with_dft_precision(model: keras.Model, cfg: ModelConfigBase, precision: str) -> keras.Model:
+    """`model` with its front end rebuilt at another DFT precision (weights shared)."""
+    frontend = model.get_layer("frontend")
+    config = frontend.get_config() | {"dft_precision": precision}
+    inputs = keras.Input((None,), name="waveform")
+    features = LogMelSpectrogram.from_config(config)(inputs)
+    logits = model.get_layer("head")(model.get_layer("backbone")(features))
+    return keras.Model(inputs, logits, name=model.name)
