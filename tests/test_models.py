@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_mgc.config import ECAPAConfig
-from keras_mgc.models import build_model, count_params, with_input
+from keras_mgc.models import build_model, count_params, load_float32, with_input
 from keras_mgc.models.__main__ import PAPER_SYSTEMS
 
 # Small versions of the three kinds of system, for behaviour tests on a CPU (Res2Net scale 2
