@@ -251,6 +251,7 @@ class Recipe(_Section):
     name: str
     description: str = ""
     paper_ref: str | None = None  # e.g. "#15 (Table 2)"
+    paper_accuracy: Annotated[float, Field(ge=0, le=100)] | None = None  # published accuracy, %
     seed: int = 3823
     output_dir: str = "runs"
     data: DataConfig
@@ -336,9 +337,19 @@ def parse_recipe(document: Any, source: str = "<recipe>", overrides: list[str] |
         raise RecipeError(_format_errors(exc, source)) from None
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """Read and validate a YAML recipe file."""
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it, sections merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe_document(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw recipe mapping of a YAML file, with `extends: other.yaml` (relative to it) resolved."""
     path = Path(path)
+    if path.resolve() in _seen:
+        raise RecipeError(f"recipe {path}: 'extends' forms a cycle ({' -> '.join(str(p) for p in _seen)})")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -349,7 +360,20 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
-    return parse_recipe(document, str(path), overrides)
+    if not isinstance(document, dict):
+        raise RecipeError(f"invalid recipe {path}: the top level must be a mapping of keys, got {type(document).__name__}")
+    parent = document.pop("extends", None)
+    if parent is None:
+        return document
+    if not isinstance(parent, str):
+        raise RecipeError(f"invalid recipe {path}: extends: expected a file name, got {parent!r}")
+    base = read_recipe_document(path.parent / parent, _seen + (path.resolve(),))
+    return _merge(base, document)
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a YAML recipe file (following `extends`), with `KEY=VALUE` overrides."""
+    return parse_recipe(read_recipe_document(path), str(path), overrides)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -1,0 +1,166 @@
+"""Test-time evaluation: whole clips in one pass and the paper's 16-crop TTA; results files.
+
+`Predictor` wraps a model in one traced function per input kind, so clips of every
+length run without retracing. `evaluate_fold` writes a fold's metrics, predictions and
+confusion-matrix pictures; `write_results` gathers all folds into results.json (with
+the recipe, versions, seeds and data used) and a short results.md table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_mgc import __version__
+from keras_mgc.data.pipeline import ClipStore, tta_crops
+from keras_mgc.io import write_json, write_text
+from keras_mgc.metrics import classification_metrics, mean_std, plot_confusion, summarize_folds
+
+MODE_TITLES = {"whole": "whole clip", "tta": "16-crop TTA"}
+
+
+class Predictor:
+    """Class probabilities of a model (logits -> softmax) on whole clips or TTA crops."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        spec = tf.TensorSpec((None,) + tuple(model.input.shape[1:]), tf.float32)
+        self._probs = tf.function(lambda x: tf.nn.softmax(tf.cast(model(x, training=False), tf.float32)),
+                                  input_signature=[spec], autograph=False)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self._probs(tf.convert_to_tensor(batch, tf.float32)).numpy()
+
+    def whole(self, store: ClipStore) -> np.ndarray:
+        """(n_clips, n_classes): each whole clip in one pass."""
+        return np.concatenate([self.probabilities(np.asarray(store.get(i))[None]) for i in range(len(store))])
+
+    def tta(self, store: ClipStore, crop: int, n_crops: int = 16) -> np.ndarray:
+        """(n_clips, n_classes): softmax outputs of `n_crops` crops summed (the paper's TTA)."""
+        return np.stack([self.probabilities(tta_crops(np.asarray(store.get(i)), crop, n_crops)).sum(axis=0)
+                         for i in range(len(store))])
+
+    def predict(self, store: ClipStore, mode: str, crop: int, n_crops: int = 16) -> np.ndarray:
+        if mode == "whole":
+            return self.whole(store)
+        if mode == "tta":
+            return self.tta(store, crop, n_crops)
+        raise ValueError(f"unknown evaluation mode {mode!r} (expected 'whole' or 'tta')")
+
+
+def evaluate_fold(predictor: Predictor, store: ClipStore, labels: Sequence[int], class_names: Sequence[str],
+                  modes: Sequence[str], crop: int, n_crops: int, out_dir: str | Path, title: str) -> dict[str, Any]:
+    """Metrics per mode for one fold's test clips; writes test_metrics.json, predictions and PNGs."""
+    out_dir = Path(out_dir)
+    labels = np.asarray(labels)
+    results: dict[str, Any] = {}
+    predictions: dict[str, Any] = {"keys": [t.key for t in store.tracks], "labels": labels.tolist()}
+    for mode in modes:
+        probs = predictor.predict(store, mode, crop, n_crops)
+        pred = probs.argmax(axis=1)
+        metrics = classification_metrics(labels, pred, class_names)
+        results[mode] = metrics
+        predictions[mode] = {"predicted": pred.tolist(), "scores": np.round(probs, 6).tolist()}
+        plot_confusion(metrics["confusion_matrix"], class_names, out_dir / f"confusion_{mode}.png",
+                       f"{title}\n{MODE_TITLES[mode]}, accuracy {metrics['accuracy']:.3f}")
+    write_json(out_dir / "predictions.json", predictions)
+    write_json(out_dir / "test_metrics.json", results)
+    return results
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices, for the record."""
+    import soundfile
+    import soxr
+
+    return {
+        "keras_mgc": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "soundfile": soundfile.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+        "soxr": soxr.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(run_dir: str | Path, recipe: dict[str, Any], data_report: dict[str, Any],
+                  folds: list[dict[str, Any]], headline: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json (everything) and results.md (a table) for the folds finished so far."""
+    run_dir = Path(run_dir)
+    modes = sorted({m for f in folds for m in f.get("test", {})})
+    summary = {mode: summarize_folds([f["test"][mode] for f in folds if mode in f.get("test", {})]) for mode in modes}
+    summary["val_accuracy"] = mean_std([f.get("val_accuracy") for f in folds])
+    results = {
+        "recipe": recipe,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "seeds": {"recipe": recipe["seed"], "per_fold": {f["name"]: f.get("seed") for f in folds}},
+        "data": data_report,
+        "headline": headline,
+        "folds": folds,
+        "summary": summary,
+        **(extra or {}),
+    }
+    write_json(run_dir / "results.json", results)
+    write_text(run_dir / "results.md", results_markdown(results))
+    return results
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """A short table: per-fold accuracy per mode, mean +- std, and what the data was."""
+    recipe = results["recipe"]
+    modes = [m for m in ("whole", "tta") if m in results["summary"]]
+    lines = [f"# {recipe['name']}", ""]
+    if recipe.get("description"):
+        lines += [recipe["description"], ""]
+    lines += [f"Data: {results['data']['description']}", ""]
+    missing = sum(len(keys) for f in results["data"].get("folds", {}).values() for keys in f.get("missing", {}).values())
+    if missing or results["data"].get("n_skipped"):
+        lines += [f"Not used: {missing} split entries missing from the data folder (data.allow_missing), "
+                  f"{results['data'].get('n_skipped', 0)} files skipped as unreadable (skipped.json).", ""]
+    if recipe.get("paper_accuracy") is not None:
+        lines += [f"Paper: {recipe.get('paper_ref') or ''} {recipe['paper_accuracy']:.1f} % accuracy.", ""]
+    lines += ["| fold | best epoch | val acc % | " + " | ".join(f"test acc % ({MODE_TITLES[m]})" for m in modes) + " |",
+              "|---|---|---|" + "---|" * len(modes)]
+    for f in results["folds"]:
+        cells = [_pct(f["test"][m]["accuracy"]) if m in f["test"] else "-" for m in modes]
+        lines.append(f"| {f['name']} | {f.get('best_epoch', '-')} | {_pct(f.get('val_accuracy'))} | " + " | ".join(cells) + " |")
+    means = []
+    for m in modes:
+        s = results["summary"][m]["accuracy"]
+        means.append(f"**{_pct(s['mean'])} +- {_pct(s['std'])}**")
+    val = results["summary"]["val_accuracy"]
+    lines.append(f"| mean +- std (n={len(results['folds'])}) | | {_pct(val['mean'])} +- {_pct(val['std'])} | " + " | ".join(means) + " |")
+    lines += ["", "std is the sample standard deviation over folds (ddof=1). Confusion matrices: "
+              "`<fold>/confusion_<mode>.png`; everything else: results.json.", ""]
+    return "\n".join(lines)

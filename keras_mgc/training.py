@@ -1,0 +1,241 @@
+"""Training one fold: precision, distribution strategy, optimiser, schedule, checkpoints, resume.
+
+The loop is Keras `fit` with callbacks; what is ours is small:
+- `RunState`, a `BackupAndRestore` whose backup is written atomically and also holds the
+  history and the best-validation record, so a run killed at any instant resumes where
+  its last finished epoch left it and keeps a consistent best checkpoint;
+- `WholeClipValidation`, the paper's validation on whole clips;
+- the per-epoch cosine schedule with optional SGDR restarts (`learning_rate_at`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_mgc.config import OptimizerConfig, Recipe, ScheduleConfig
+from keras_mgc.data.pipeline import ClipStore, CropSampler, distributed_training_input, training_dataset
+from keras_mgc.data.sources import Fold, PreparedData
+from keras_mgc.evaluation import Predictor
+from keras_mgc.io import atomic_path, read_json, write_json
+from keras_mgc.models import build_model
+
+log = logging.getLogger("keras_mgc")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def resolve_precision(name: str) -> str:
+    """The Keras dtype policy for `train.precision`: auto = mixed_float16 on a GPU, float32 on a CPU."""
+    if name == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return name
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy for `train.distribute` (auto: MirroredStrategy with several GPUs)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def learning_rate_at(epoch: int, epochs: int, optimizer: OptimizerConfig, schedule: ScheduleConfig) -> float:
+    """Learning rate of (0-based) `epoch`: cosine annealing to min_learning_rate, stepped per epoch.
+
+    Without restarts this is torch's CosineAnnealingLR(T_max=epochs); with
+    `restart_period` it is CosineAnnealingWarmRestarts(T_0=restart_period, T_mult=restart_mult).
+    """
+    base, low = optimizer.learning_rate, schedule.min_learning_rate
+    if schedule.name == "constant":
+        return base
+    t, period = epoch, epochs
+    if schedule.restart_period is not None:
+        period = schedule.restart_period
+        while t >= period:
+            t -= period
+            period *= schedule.restart_mult
+    return low + (base - low) * (1 + math.cos(math.pi * t / period)) / 2
+
+
+def make_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
+    if cfg.name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class WholeClipValidation(keras.callbacks.Callback):
+    """After each epoch: loss and accuracy on whole validation clips, into the epoch's logs."""
+
+    def __init__(self, store: ClipStore, labels: list[int]) -> None:
+        super().__init__()
+        self.store, self.labels = store, np.asarray(labels)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        probs = Predictor(self.model).whole(self.store)
+        picked = probs[np.arange(len(self.labels)), self.labels]
+        logs = logs if logs is not None else {}
+        logs["val_loss"] = float(-np.log(np.maximum(picked, 1e-12)).mean())
+        logs["val_accuracy"] = float((probs.argmax(axis=1) == self.labels).mean())
+
+
+class RunState(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore with an atomic backup that also holds the history and the best epoch.
+
+    At the end of every epoch: if the monitored value improved, the model is saved as
+    `best.keras` (a copy, not a reference); then the weights and optimizer state go to
+    `backup/weights-<epoch>.weights.h5` and `backup/state.json` is replaced in one rename,
+    so the backup is always a finished epoch. A NaN or infinite loss stops training at
+    once, without saving that epoch, and is raised as TrainingDiverged after `fit`.
+    """
+
+    def __init__(self, fold_dir: str | Path, monitor: str | None = "val_accuracy") -> None:
+        fold_dir = Path(fold_dir)
+        super().__init__(backup_dir=str(fold_dir / "backup"), save_freq="epoch", delete_checkpoint=False)
+        self.fold_dir, self.monitor = fold_dir, monitor
+        self.best_path = fold_dir / "best.keras"
+        self.state_path = fold_dir / "backup" / "state.json"
+        self.history: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.diverged: str | None = None
+        self._epoch = 0
+
+    def saved_state(self) -> dict[str, Any] | None:
+        return read_json(self.state_path) if self.state_path.is_file() else None
+
+    @property
+    def initial_epoch(self) -> int:
+        """Epochs already finished (0 for a fresh fold)."""
+        state = self.saved_state()
+        return int(state["epoch"]) if state else 0
+
+    # Restoring ------------------------------------------------------------
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        state = self.saved_state()
+        if state is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.fold_dir / "backup" / state["weights"])
+        self.model._initial_epoch = int(state["epoch"])
+        self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
+        log.info("resumed %s after epoch %d (best %s %.4f at epoch %s)", self.fold_dir.name, state["epoch"],
+                 self.monitor, self.best if self.best is not None else float("nan"), self.best_epoch)
+
+    # Guarding -------------------------------------------------------------
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.diverged is None:
+            last = f"epoch {self.history[-1]['epoch']}" if self.history else "none (no epoch finished)"
+            self.diverged = (f"{self.fold_dir.name}: loss became {float(loss)} at epoch {self._epoch + 1}, "
+                             f"step {batch + 1}; training stopped. Last good state: {last}, kept in "
+                             f"{self.fold_dir / 'backup'}; best checkpoint: "
+                             f"{self.best_path if self.best_path.exists() else 'none yet'}")
+            self.model.stop_training = True
+
+    # Saving ---------------------------------------------------------------
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.diverged is not None:
+            return
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        value = logs.get(self.monitor) if self.monitor else None
+        improved = self.monitor is None or (value is not None and (self.best is None or value > self.best))
+        if improved:
+            self.best, self.best_epoch = value, epoch + 1
+            with atomic_path(self.best_path) as tmp:
+                self.model.save(tmp)
+        self.history.append({"epoch": epoch + 1, **logs})
+        backup = self.fold_dir / "backup"
+        weights = f"weights-{epoch + 1:04d}.weights.h5"
+        with atomic_path(backup / weights) as tmp:
+            self.model.save_weights(tmp)
+        write_json(self.state_path, {"epoch": epoch + 1, "weights": weights, "history": self.history,
+                                     "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor})
+        for old in backup.glob("weights-*.weights.h5"):
+            if old.name != weights:
+                old.unlink()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        pass  # keep the backup: a later fold failure must not lose this fold's state
+
+
+# --------------------------------------------------------------------------- one fold
+
+
+def fold_seed(recipe: Recipe, fold: Fold) -> int:
+    """Each fold's seed: the recipe's seed plus the fold number (initialisation and crops)."""
+    return recipe.seed + fold.number
+
+
+def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
+               strategy: tf.distribute.Strategy) -> dict[str, Any]:
+    """Train (or resume) one fold; returns its training record. Raises TrainingDiverged."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed = fold_seed(recipe, fold)
+    keras.utils.set_random_seed(seed)
+    train_cfg = recipe.train
+    crop = crop_length(recipe)
+    with strategy.scope():
+        model = build_model(recipe.model, len(data.class_names))
+        model.compile(optimizer=make_optimizer(train_cfg.optimizer),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    train_store = data.store.subset(data.positions(fold.train))
+    sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
+                          train_cfg.steps_per_epoch)
+    state = RunState(fold_dir, train_cfg.monitor if fold.valid else None)
+    initial_epoch = state.initial_epoch
+    labels = data.labels(fold.train)
+    if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
+    else:
+        inputs = training_dataset(train_store, labels, sampler, initial_epoch)
+    callbacks: list[keras.callbacks.Callback] = []
+    if fold.valid:
+        callbacks.append(WholeClipValidation(data.store.subset(data.positions(fold.valid)), data.labels(fold.valid)))
+    callbacks += [
+        keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: learning_rate_at(epoch, train_cfg.epochs, train_cfg.optimizer, train_cfg.schedule)),
+        state,
+        keras.callbacks.TensorBoard(str(fold_dir / "tensorboard"), write_graph=False, profile_batch=0),
+    ]
+    if initial_epoch < train_cfg.epochs:
+        if initial_epoch:
+            log.info("%s: resuming at epoch %d of %d", fold.name, initial_epoch + 1, train_cfg.epochs)
+        model.fit(inputs, epochs=train_cfg.epochs, steps_per_epoch=sampler.steps_per_epoch,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=train_cfg.verbose, shuffle=False)
+    else:
+        state.set_model(model)
+        state.on_train_begin()
+    if state.diverged:
+        raise TrainingDiverged(state.diverged)
+    return {"seed": seed, "best_epoch": state.best_epoch, "val_accuracy": state.best if fold.valid else None,
+            "monitor": state.monitor, "epochs_run": len(state.history), "resumed_from_epoch": initial_epoch,
+            "steps_per_epoch": sampler.steps_per_epoch, "history": state.history}
+
+
+def crop_length(recipe: Recipe) -> int:
+    """Training crop in the model's input unit: samples for audio, frames for mels."""
+    if recipe.model.input == "mel":
+        return 1 + recipe.data.crop_samples // recipe.model.frontend.hop_length
+    return recipe.data.crop_samples
