@@ -21,3 +21,45 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared test data not found at {path} (set KERAS_MGC_SHARED_DATA to its folder)")
     return path.resolve()
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900) -> "subprocess.CompletedProcess[str]":
+    """Run `python -m module args...` as a user would; returns the finished process."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+#: A CPU-sized CCS model for end-to-end runs in tests (tracing a training step costs more
+#: than running it on 2 cores, so the graph is kept small: no FSA, Res2Net scale 2).
+SMALL_MODEL_OVERRIDES = [
+    "model.channels=32", "model.ccs.stop=16", "model.fsa.enabled=false", "model.res2_scale=2",
+    "model.se_channels=8", "model.attention_channels=16",
+]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """The README's main job, run once per test session: quickstart on the generated dataset."""
+    out = tmp_path_factory.mktemp("quickstart")
+    proc = run_cli("keras_mgc.train", "--recipe", str(REPO_ROOT / "recipes" / "quickstart.yaml"),
+                   "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (out / "quickstart" / "stdout.txt").write_text(proc.stdout)
+    return out / "quickstart"
+
+
+@pytest.fixture(scope="session")
+def gtzan_mini_run(shared_data, tmp_path_factory) -> Path:
+    """A 2-fold, 2-epoch run of the headline recipe on the real gtzan-mini clips, small model."""
+    out = tmp_path_factory.mktemp("gtzan_mini")
+    proc = run_cli("keras_mgc.train", "--recipe", str(REPO_ROOT / "recipes" / "gtzan_cv.yaml"),
+                   "--data-dir", str(shared_data / "gtzan-mini"), "--allow-missing", "--folds", "1,2",
+                   "--output-dir", str(out), "--set", "train.epochs=2", "train.batch_size=16",
+                   "data.data_cycle=2", "train.verbose=2", *SMALL_MODEL_OVERRIDES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (out / "gtzan_cv" / "stdout.txt").write_text(proc.stdout)
+    return out / "gtzan_cv"

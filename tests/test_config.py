@@ -1,0 +1,120 @@
+"""Recipe validation: every published recipe is valid; every bad key stops with its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keras_mgc.config import RecipeError, apply_overrides, load_recipe, parse_recipe, recipe_to_dict
+from keras_mgc.models.__main__ import PAPER_SYSTEMS
+
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml") if not p.name.startswith("_"))
+GOOD = {"name": "t", "data": {"dataset": "synthetic"}}
+
+
+def _error(document: dict, overrides: list[str] | None = None) -> str:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(document, "r.yaml", overrides)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_is_valid(path, tmp_path):
+    overrides = [] if path.stem == "quickstart" else [f"data.root={tmp_path}"]
+    recipe = load_recipe(path, overrides)
+    assert recipe.name == path.stem
+    if path.stem.startswith(("gtzan", "melon")):
+        assert recipe.paper_accuracy is not None and recipe.paper_ref
+
+
+def test_gtzan_recipes_are_the_paper_systems(tmp_path):
+    """Each GTZAN recipe's model section equals the configuration whose parameters we pin."""
+    by_number = {name.split()[0]: cfg for name, (cfg, _) in PAPER_SYSTEMS.items()}
+    for path in RECIPES:
+        if not path.stem.startswith("gtzan_") or path.stem == "gtzan_cv":
+            continue
+        recipe = load_recipe(path, [f"data.root={tmp_path}"])
+        number = "#15" if recipe.paper_ref == "#16" else recipe.paper_ref
+        expected = parse_recipe({**GOOD, "model": by_number[number]}).model
+        assert recipe.model == expected, path.name
+        assert (recipe.seed, recipe.train.epochs, recipe.train.batch_size, recipe.data.data_cycle) == (3823, 80, 64, 8)
+        assert recipe.data.split == "paper_10fold" and recipe.data.crop_samples == 44356
+    headline = load_recipe(Path(RECIPES[0]).parent / "gtzan_cv.yaml", [f"data.root={tmp_path}"])
+    assert headline.eval.headline == "tta" and headline.model.band_stop() == [128] * 4
+
+
+def test_melon_recipes_take_mels_with_the_papers_batch_and_seed(tmp_path):
+    for path in RECIPES:
+        if path.stem.startswith("melon_"):
+            recipe = load_recipe(path, [f"data.root={tmp_path}"])
+            assert recipe.model.input == "mel" and recipe.model.sync_batchnorm
+            assert (recipe.seed, recipe.train.batch_size, recipe.data.dataset) == (4021, 256, "melon")
+
+
+def test_unknown_key_names_its_path_and_suggests():
+    msg = _error({**GOOD, "train": {"epoch": 3}})
+    assert "train.epoch: unknown key; did you mean 'epochs'?" in msg
+
+
+def test_wrong_type_names_key_and_value():
+    msg = _error({**GOOD, "train": {"batch_size": "sixty-four"}})
+    assert "train.batch_size" in msg and "valid integer" in msg and "'sixty-four'" in msg
+
+
+def test_negative_epochs_rejected():
+    assert "train.epochs: Input should be greater than 0 (got -1)" in _error(GOOD, ["train.epochs=-1"])
+
+
+def test_missing_data_path_rejected(tmp_path):
+    missing = tmp_path / "nope"
+    msg = _error({"name": "t", "data": {"dataset": "gtzan", "root": str(missing)}})
+    assert f"data.root: path does not exist: {missing}" in msg
+    assert "data.root: dataset 'gtzan' needs a data folder" in _error({"name": "t", "data": {"dataset": "gtzan"}})
+
+
+def test_fsa_totals_must_divide_into_bands():
+    msg = _error({**GOOD, "model": {"channels": 1002, "fsa": {"enabled": True}}})
+    assert "model.channels: 1002 is a total over 4 bands and must be divisible by 4" in msg
+    msg = _error({**GOOD, "model": {"channels": 1000, "fsa": {"enabled": True}}})
+    assert "model.channels: block width C + M = 250 per band must be divisible by res2_scale=8" in msg
+
+
+def test_overrides_are_validated_like_the_file():
+    recipe = parse_recipe(GOOD, overrides=["train.epochs=2", "model.ccs.stop=512", "eval.modes=[whole]",
+                                           "eval.headline=whole"])
+    assert recipe.train.epochs == 2 and recipe.model.ccs.stop == 512 and recipe.eval.modes == ["whole"]
+    assert "model.ccs.stop" in _error(GOOD, ["model.ccs.stop=abc"])
+    with pytest.raises(RecipeError, match="expected KEY.PATH=VALUE"):
+        apply_overrides({}, ["train.epochs"])
+    with pytest.raises(RecipeError, match="train.epochs is not a section"):
+        apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
+
+
+def test_extends_merges_sections_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"seed": 7, "data": {"dataset": "synthetic", "data_cycle": 3},
+                                                        "train": {"epochs": 9}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "name": "c", "train": {"batch_size": 4}}))
+    recipe = load_recipe(tmp_path / "child.yaml")
+    assert (recipe.seed, recipe.data.data_cycle, recipe.train.epochs, recipe.train.batch_size) == (7, 3, 9, 4)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_unreadable_and_non_mapping_recipes(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="top level must be a mapping"):
+        load_recipe(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_round_trip_through_plain_json():
+    recipe = parse_recipe({**GOOD, "model": {"channels": 64, "ccs": {"stop": 32}}})
+    assert parse_recipe(recipe_to_dict(recipe)) == recipe
