@@ -1,0 +1,418 @@
+"""The export: build every requested artifact, verify each against Keras, publish atomically.
+
+`run_export(options)` is what ``python -m export`` runs. Steps: load the checkpoint in float32;
+load the evaluation and representative clips (bad files reported and skipped); build the
+artifacts in a staging folder (a failing converter is recorded and the others go on); run
+every artifact on the same clips as the reference Keras model; write metadata beside each
+artifact and the report; publish the folder to ``out`` when everything passed, else to
+``out.failed``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from export import ExportError, publish
+from export import clips as clips_mod
+from export import metadata as meta_mod
+from export import report as report_mod
+from export import verify
+from export.source import ExportSource
+
+FORMATS = ("saved_model", "tflite", "onnx")
+
+
+@dataclass
+class ExportOptions:
+    source: ExportSource
+    out: Path
+    formats: tuple[str, ...] = FORMATS
+    tflite_precisions: tuple[str, ...] = ("float32", "float16", "dynamic_int8", "int8")
+    eval_audio: list[str] | None = None
+    representative_audio: list[str] | None = None
+    model_name: str | None = None
+    version: int = 1
+    eval_clips: int = 30
+    eval_crops_per_clip: int = 2
+    representative_crops: int = 64
+    latency_runs: int = 5
+    latency_threads: tuple[int, ...] = field(default_factory=lambda: tuple(sorted({1, os.cpu_count() or 1})))
+    max_abs_diff: float = verify.MAX_ABS_DIFF
+    min_agreement: dict[str, float] = field(default_factory=lambda: dict(verify.MIN_AGREEMENT))
+    top_k: int = 3
+    command: str = ""
+
+
+@dataclass
+class Artifact:
+    name: str  # path relative to the export folder
+    fmt: str
+    precision: str
+    entries: tuple[str, ...]
+    path: Path | None = None  # file, or the SavedModel version folder
+    dft_precision: str = "float32"
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    latency_ms: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    runner: Any = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and not self.failures
+
+    def size(self) -> int | None:
+        if self.path is None or not self.path.exists():
+            return None
+        if self.path.is_dir():
+            return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return self.path.stat().st_size
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "format": self.fmt, "precision": self.precision, "dft_precision": self.dft_precision,
+                "size_bytes": self.size(), "entries": self.results, "thresholds": self.thresholds,
+                "latency_ms": self.latency_ms, "passed": self.passed, "failures": self.failures,
+                "error": self.error, "details": self.details}
+
+
+@dataclass
+class ExportResult:
+    passed: bool
+    location: Path
+    report: dict[str, Any]
+    skipped_inputs: int
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good; 1 an artifact failed; 3 published, but some input clips were skipped."""
+        if not self.passed:
+            return 1
+        return 3 if self.skipped_inputs else 0
+
+
+def default_model_name(source: ExportSource) -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", str(source.recipe.get("name") or "")).strip("_")
+    return name or "genre_classifier"
+
+
+def _err(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) < 4000 else text[:4000] + " ..."
+
+
+def _load_clips(opts: ExportOptions, log: Callable[[str], None]) -> tuple[clips_mod.ClipSet, clips_mod.ClipSet]:
+    """Evaluation and representative clips (disjoint when they come from one pool)."""
+    src = opts.source
+    kwargs = dict(sample_rate=src.sample_rate, min_samples=src.crop_samples, log=log)
+    pool, origin = ([], "")
+    if opts.eval_audio is None or opts.representative_audio is None:
+        pool, origin = clips_mod.default_pool(src.recipe)
+    if opts.eval_audio is not None:
+        files, problems = clips_mod.expand(opts.eval_audio)
+        evaluation = clips_mod.load(files, purpose="evaluation", limit=opts.eval_clips, problems=problems,
+                                    origin="--eval-audio", **kwargs)
+        if not evaluation.clips:
+            raise ExportError("no usable evaluation clip in --eval-audio (each one is listed above)")
+    elif pool:
+        evaluation = clips_mod.load(pool[0::2], purpose="evaluation", limit=opts.eval_clips, origin=origin, **kwargs)
+    else:
+        evaluation = clips_mod.ClipSet()
+    if not evaluation.clips:
+        log("WARNING: no real audio found for verification (give --eval-audio); using generated signals")
+        evaluation = clips_mod.generated(min(opts.eval_clips, 8), 30.0, src.sample_rate)
+
+    needs_representative = "tflite" in opts.formats and "int8" in opts.tflite_precisions
+    if not needs_representative:
+        return evaluation, clips_mod.ClipSet(origin="not needed (no full int8 artifact)")
+    limit = max(1, min(opts.representative_crops, 64))
+    if opts.representative_audio is not None:
+        files, problems = clips_mod.expand(opts.representative_audio)
+        representative = clips_mod.load(files, purpose="representative", limit=limit, problems=problems,
+                                        origin="--representative-audio", **kwargs)
+        if not representative.clips:
+            raise ExportError("no usable representative clip in --representative-audio (each one is listed above)")
+    elif pool:
+        representative = clips_mod.load(pool[1::2] or pool, purpose="representative", limit=limit, origin=origin,
+                                        **kwargs)
+    elif evaluation.source == "real":
+        representative = clips_mod.ClipSet(
+            clips=list(evaluation.clips), origin=evaluation.origin, sample_rate=evaluation.sample_rate,
+            notes=["representative clips are the evaluation clips (no other real audio given)"])
+    else:
+        representative = clips_mod.ClipSet()
+    if not representative.clips:
+        log("WARNING: no real audio for int8 calibration (give --representative-audio); using generated signals")
+        representative = clips_mod.generated(8, 10.0, src.sample_rate, seed=1)
+    return evaluation, representative
+
+
+def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) -> ExportResult:
+    """Build, verify and publish; raises ExportError for problems with the inputs."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.time()
+    unknown = set(opts.formats) - set(FORMATS)
+    if unknown:
+        raise ExportError(f"unknown format(s) {sorted(unknown)} (known: {', '.join(FORMATS)})")
+    from export.tflite import PRECISIONS
+
+    bad = set(opts.tflite_precisions) - set(PRECISIONS)
+    if bad:
+        raise ExportError(f"unknown TFLite precision(s) {sorted(bad)} (known: {', '.join(PRECISIONS)})")
+    if opts.version < 1:
+        raise ExportError(f"--version must be a positive integer, got {opts.version}")
+    src = opts.source
+    model_name = opts.model_name or default_model_name(src)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
+        raise ExportError(f"--model-name {model_name!r}: use letters, digits, '_', '-', '.' only")
+
+    evaluation, representative = _load_clips(opts, log)
+
+    from export.graphs import ServingModels
+
+    log(f"loading {src.checkpoint} (rebuilt in float32)")
+    try:
+        models = ServingModels.load(str(src.checkpoint), src.model_config, len(src.class_names))
+    except (ValueError, OSError) as exc:
+        raise ExportError(f"cannot load {src.checkpoint} with the recipe's model config and "
+                          f"{len(src.class_names)} classes: {exc}") from None
+    reference = verify.KerasRunner(models.waveform("float64"), models.mel())
+    inputs = verify.EvalInputs.build(evaluation, src.crop_samples, opts.eval_crops_per_clip, models.log_mel)
+    ref_out = {entry: verify.run_all(reference, inputs, entry) for entry in ("waveform", "mel")}
+    latency_x, latency_desc = verify.latency_clip(evaluation, src.sample_rate)
+
+    staging = publish.Staging(opts.out)
+    for stale in staging.removed_stale:
+        log(f"removed the staging folder of an interrupted export: {stale}")
+    try:
+        artifacts = _build_all(opts, models, representative, staging.dir, model_name, log)
+        for art in artifacts:
+            if art.error is None:
+                _evaluate(art, opts, inputs, ref_out, latency_x, models, log)
+        ref_latency = verify.measure_latency(reference, latency_x, list(opts.latency_threads), opts.latency_runs) \
+            if opts.latency_runs > 0 else {}
+        report = _report(opts, src, model_name, artifacts, evaluation, representative, inputs, latency_desc,
+                         ref_latency, staging.dir, started)
+        for art in artifacts:
+            if art.path is not None and art.path.exists():
+                _write_metadata(art, src, models, report)
+        publish.write_json(staging.dir / "report.json", report)
+        publish.write_text(staging.dir / "report.md", report_mod.markdown(report))
+        passed = report["status"] == "passed"
+        location = staging.publish(passed)
+    except BaseException:
+        staging.discard()
+        raise
+    skipped = len(evaluation.skipped) + len(representative.skipped)
+    return ExportResult(passed=passed, location=location, report=report, skipped_inputs=skipped)
+
+
+def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipSet, stage: Path, model_name: str,
+               log: Callable[[str], None]) -> list[Artifact]:
+    src = opts.source
+    artifacts: list[Artifact] = []
+
+    if "saved_model" in opts.formats:
+        from export import saved_model
+
+        art = Artifact(f"saved_model/{model_name}/{opts.version}", "saved_model", "float32", ("waveform", "mel"),
+                       dft_precision="float64")
+        log(f"building {art.name}")
+        try:
+            art.path = saved_model.write_saved_model(models, src.class_names,
+                                                     stage / "saved_model" / model_name / str(opts.version),
+                                                     top_k=opts.top_k, dft_precision=art.dft_precision)
+            art.details["server_files"] = {k: str(v.relative_to(stage)) for k, v in
+                                           saved_model.write_server_files(stage / "saved_model", model_name,
+                                                                          opts.version).items()}
+            art.details["signatures"] = saved_model.signature_summary(art.path)
+            art.runner = verify.SavedModelRunner(art.path)
+        except Exception as exc:
+            art.error = _err(exc)
+            log(f"FAILED {art.name}: {art.error}")
+        artifacts.append(art)
+
+    if "tflite" in opts.formats:
+        from export import tflite
+
+        converter = tflite.TFLiteConverter(models, workdir=stage / ".tflite-work")
+        rep = None
+        if "int8" in opts.tflite_precisions:
+            crops = clips_mod.random_crops(representative, src.crop_samples, opts.representative_crops, seed=src.fold or 0)
+            mels = [models.log_mel(c[None]) for c in crops]
+
+            def rep() -> Any:
+                for crop, mel in zip(crops, mels):
+                    yield "serving_default", {"waveform": crop[None].astype(np.float32)}
+                    yield "mel", {"mel": mel}
+        try:
+            for precision in opts.tflite_precisions:
+                art = Artifact(f"tflite/model_{precision}.tflite", "tflite", precision, ("waveform", "mel"))
+                log(f"building {art.name}")
+                try:
+                    flatbuffer = converter.convert(precision, rep)
+                    art.details.update(tflite.check_contract(flatbuffer, len(src.class_names), models.embedding_size,
+                                                             models.cfg.frontend.n_mels))
+                    art.path = stage / art.name
+                    publish.write_bytes(art.path, flatbuffer)
+                    art.runner = verify.TFLiteRunner(art.path, threads=1)
+                except Exception as exc:
+                    art.error = _err(exc)
+                    log(f"FAILED {art.name}: {art.error}")
+                artifacts.append(art)
+        finally:
+            converter.close()
+            shutil.rmtree(stage / ".tflite-work", ignore_errors=True)
+
+    if "onnx" in opts.formats:
+        from export import onnx_export
+
+        for entry, filename in onnx_export.ENTRY_FILES.items():
+            art = Artifact(f"onnx/{filename}", "onnx", "float32", (entry,))
+            log(f"building {art.name}")
+            try:
+                data = onnx_export.convert(models, entry)
+                art.details.update(onnx_export.describe(data))
+                art.path = stage / art.name
+                publish.write_bytes(art.path, data)
+                art.runner = verify.ONNXRunner({entry: art.path}, threads=1)
+            except Exception as exc:
+                art.error = _err(exc)
+                log(f"FAILED {art.name}: {art.error}")
+            artifacts.append(art)
+    return artifacts
+
+
+def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref_out: dict[str, Any],
+              latency_x: np.ndarray, models: Any, log: Callable[[str], None]) -> None:
+    log(f"verifying {art.name}")
+    art.thresholds = verify.thresholds_for(art.precision, opts.min_agreement, opts.max_abs_diff)
+    try:
+        for entry in art.entries:
+            out = verify.run_all(art.runner, inputs, entry)
+            art.results[entry] = verify.compare(ref_out[entry], out, inputs.n_whole)
+            if art.fmt == "saved_model" and entry == "waveform":
+                art.results[entry]["top_classes_match"] = _check_top_classes(art, inputs, opts.source.class_names)
+        art.failures = verify.check(art.results, art.thresholds)
+        if art.fmt == "saved_model" and not all(r.get("top_classes_match", True) for r in art.results.values()):
+            art.failures.append("top_classes do not name the classes of the highest probabilities")
+        if opts.latency_runs > 0:
+            entry = art.entries[0]
+            x = latency_x if entry == "waveform" else models.log_mel(latency_x)
+            art.latency_ms = verify.measure_latency(art.runner, x, list(opts.latency_threads), opts.latency_runs,
+                                                    entry)
+    except Exception as exc:
+        art.error = f"verification failed: {_err(exc)}"
+        log(f"FAILED {art.name}: {art.error}\n{traceback.format_exc(limit=3)}")
+    for failure in art.failures:
+        log(f"FAILED {art.name}: {failure}")
+
+
+def _check_top_classes(art: Artifact, inputs: verify.EvalInputs, class_names: list[str]) -> bool:
+    """The SavedModel's top_classes name its largest probabilities, best first (ties aside)."""
+    names = np.asarray(class_names, dtype=object)
+    for x in inputs.batches("waveform")[:4]:
+        out = art.runner.run("waveform", x)
+        probs, got = out["probabilities"], out["top_classes"]
+        scores = np.sort(probs, axis=-1)[:, ::-1][:, : got.shape[1]]
+        index = {name: i for i, name in enumerate(class_names)}
+        for row in range(len(probs)):
+            named = [index.get(b.decode("utf-8"), -1) for b in got[row]]
+            if -1 in named or not np.allclose(probs[row, named], scores[row], rtol=0, atol=1e-7):
+                return False
+            if names[int(np.argmax(probs[row]))] != got[row][0].decode("utf-8") and \
+                    probs[row, named[0]] < probs[row].max():
+                return False
+    return True
+
+
+def _report(opts: ExportOptions, src: ExportSource, model_name: str, artifacts: list[Artifact],
+            evaluation: clips_mod.ClipSet, representative: clips_mod.ClipSet, inputs: verify.EvalInputs,
+            latency_desc: str, ref_latency: dict[str, Any], stage: Path, started: float) -> dict[str, Any]:
+    failures = [f"{a.name}: {a.error}" for a in artifacts if a.error] + \
+               [f"{a.name}: {f}" for a in artifacts for f in a.failures]
+    serving: dict[str, Any] = {}
+    if any(a.fmt == "saved_model" and a.error is None for a in artifacts):
+        from export import saved_model
+
+        published = opts.out if not failures else opts.out.with_name(opts.out.name + ".failed")
+        serving = {
+            "model_name": model_name, "version": opts.version,
+            "docker_run": saved_model.docker_command(published.absolute() / "saved_model"),
+            "rest": f"http://localhost:8501/v1/models/{model_name}:predict",
+            "grpc": "localhost:8500",
+        }
+    ev = evaluation.summary() | {"n_whole": inputs.n_whole, "n_crops": len(inputs.crops),
+                                 "crops_per_clip": opts.eval_crops_per_clip, "crop_samples": src.crop_samples}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return publish.to_jsonable({
+        "status": "failed" if failures or not artifacts else "passed",
+        "created": meta_mod.utc_now(),
+        "seconds": round(time.time() - started, 1),
+        "command": opts.command,
+        "model_name": model_name,
+        "version": opts.version,
+        "source": {"checkpoint": str(src.checkpoint), "run_dir": str(src.run_dir) if src.run_dir else None,
+                   "fold": src.fold, "recipe": src.recipe.get("name"), "metrics": src.metrics()},
+        "class_names": src.class_names,
+        "evaluation": ev,
+        "representative": representative.summary() | {"n_crops": opts.representative_crops},
+        "reference": {"name": "keras", "dft_precision": "float64", "latency_ms": ref_latency},
+        "thresholds": {"max_abs_diff_float32": opts.max_abs_diff, "min_top1_agreement": opts.min_agreement},
+        "latency": {"clip": latency_desc, "clip_seconds": verify.LATENCY_SECONDS, "runs": opts.latency_runs,
+                    "threads": list(opts.latency_threads)},
+        "host": {"cpu_count": os.cpu_count(), "loadavg": [round(x, 2) for x in load] if load else None,
+                 "versions": meta_mod.versions()},
+        "artifacts": [a.summary() for a in artifacts],
+        "failures": failures,
+        "serving": serving,
+    })
+
+
+def _write_metadata(art: Artifact, src: ExportSource, models: Any, report: dict[str, Any]) -> None:
+    specs = {
+        "waveform": meta_mod.io_spec(src, "waveform", models.embedding_size),
+        "mel": meta_mod.io_spec(src, "mel", models.embedding_size),
+    }
+    if art.fmt == "saved_model":
+        entry_points = {"serving_default": specs["waveform"], "classify_mel": specs["mel"]}
+        for spec in entry_points.values():
+            spec["outputs"] = spec["outputs"] | {
+                "top_classes": {"dtype": "string", "shape": ["batch", "k"], "description": "class names, best first"},
+                "top_scores": {"dtype": "float32", "shape": ["batch", "k"], "description": "their probabilities"},
+            }
+    elif art.fmt == "tflite":
+        entry_points = {"serving_default": specs["waveform"], "mel": specs["mel"]}
+    else:
+        entry_points = {art.entries[0]: specs[art.entries[0]]}
+    verification = {"passed": art.passed, "thresholds": art.thresholds, "entries": art.results,
+                    "latency_ms_30s": art.latency_ms, "evaluation_source": report["evaluation"]["source"],
+                    "failures": art.failures, "error": art.error}
+    meta = meta_mod.artifact_metadata(
+        src, artifact=art.name, fmt=art.fmt, precision=art.precision, dft_precision=art.dft_precision,
+        embedding_size=models.embedding_size, entry_points=entry_points,
+        extra={"verification": verification, "export_command": report.get("command"),
+               "model_name": report.get("model_name"), "version": report.get("version")},
+    )
+    if art.fmt == "saved_model":
+        meta["serving"] = report.get("serving")
+        meta_mod.write_side_files(art.path, meta, src.class_names,
+                                  json_path=art.path / "assets.extra" / "metadata.json")
+    else:
+        meta_mod.write_side_files(art.path, meta, src.class_names)
+
+
+def command_line(argv: list[str]) -> str:
+    return "python -m export " + " ".join(shlex.quote(a) for a in argv)
