@@ -17,11 +17,10 @@ small model 3x slower for no measurable gain (1.6e-6 vs 1.5e-6), so both use flo
 
 Quantised TFLite models must keep the front end in float: int8 audio frames or int8 powers
 wipe out the quiet mel bins. The converter offers no per-op opt-out for dynamic-range
-quantisation and stores every float constant as float16 in float16 mode, so
-`QuantisationSafeLogMel` keeps its DFT and mel tables out of the constant pool: they are
-multiplied by a 1.0 that depends on the input's shape, which no converter folds (float16:
-the tables are split into a float16 high part and a float16 low part, summed at run time, so
-they keep ~22 bits). The math is `LogMelSpectrogram`'s own `call`.
+quantisation and stores every float constant as float16 in float16 mode, so quantised
+artifacts build the front end with `LogMelSpectrogram(table_mode="runtime"` or
+`"runtime_split16")`, which keeps the DFT and mel tables out of the constant pool
+(keras_mgc/frontend.py).
 """
 
 from __future__ import annotations
@@ -34,53 +33,7 @@ import numpy as np
 from keras import ops
 
 from keras_mgc.frontend import LogMelSpectrogram
-
-#: Table modes of `QuantisationSafeLogMel`.
-TABLE_MODES = ("constant", "runtime", "runtime_split16")
-
-
-@keras.saving.register_keras_serializable(package="keras_mgc_export")
-class QuantisationSafeLogMel(LogMelSpectrogram):
-    """`LogMelSpectrogram` whose tables are computed at run time (see the module docstring)."""
-
-    def __init__(self, table_mode: str = "runtime", **kwargs: Any) -> None:
-        if table_mode not in TABLE_MODES:
-            raise ValueError(f"table_mode must be one of {TABLE_MODES}, got {table_mode!r}")
-        super().__init__(**kwargs)
-        self.table_mode = table_mode
-
-    def _runtime_table(self, table: np.ndarray, one: Any) -> Any:
-        dtype = table.dtype
-        if self.table_mode == "runtime_split16":
-            hi = table.astype(np.float16).astype(dtype)
-            lo = (table - hi).astype(np.float16).astype(dtype)
-            return ops.convert_to_tensor(hi) * one + ops.convert_to_tensor(lo) * one
-        return ops.convert_to_tensor(table) * one
-
-    def call(self, waveform: Any) -> Any:
-        if self.table_mode == "constant":
-            return super().call(waveform)
-        # 1.0, but only known at run time: the batch size is never negative.
-        one = ops.cast(ops.shape(waveform)[0] >= 0, "float32")
-        saved = self._dft, self._fbank
-        try:
-            self._dft = self._runtime_table(saved[0], ops.cast(one, saved[0].dtype))
-            self._fbank = self._runtime_table(saved[1], one)
-            return super().call(waveform)
-        finally:
-            self._dft, self._fbank = saved
-
-    def get_config(self) -> dict[str, Any]:
-        return super().get_config() | {"table_mode": self.table_mode}
-
-
-def frontend_params(cfg: Any) -> dict[str, Any]:
-    """All front-end parameters of a model config, as `LogMelSpectrogram` takes them."""
-    fe = cfg.frontend
-    return dict(sample_rate=fe.sample_rate, n_fft=fe.n_fft, win_length=fe.win_length, hop_length=fe.hop_length,
-                n_mels=fe.n_mels, f_min=fe.f_min, f_max=fe.f_max, log_offset=fe.log_offset,
-                mean_normalize=fe.mean_normalize)
-
+from keras_mgc.models.classifier import frontend_params, with_input
 
 @dataclass
 class ServingModels:
@@ -109,23 +62,12 @@ class ServingModels:
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
         try:
-            inputs = keras.Input((None,), name="waveform")
-            params = frontend_params(self.cfg) | {"dft_precision": dft_precision}
-            if table_mode == "constant":
-                frontend = LogMelSpectrogram(**params, name="frontend")
-            else:
-                frontend = QuantisationSafeLogMel(table_mode=table_mode, **params, name="frontend")
-            embedding = self.model.get_layer("backbone")(frontend(inputs))
-            logits = self.model.get_layer("head")(embedding)
-            return keras.Model(inputs, {"logits": logits, "embedding": embedding},
-                               name=f"waveform_{dft_precision}_{table_mode}")
+            return with_input(self.model, "waveform", self.cfg, dft_precision=dft_precision, table_mode=table_mode)
         finally:
             keras.mixed_precision.set_global_policy(previous)
 
     def mel(self) -> keras.Model:
         """log-mel (batch, frames, n_mels) -> {"logits", "embedding"}."""
-        from keras_mgc.models import with_input
-
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from export import publish
-from export.graphs import frontend_params
+from keras_mgc.models.classifier import frontend_params
 from export.source import ExportSource
 
 #: Bumped when a key changes meaning.

@@ -10,7 +10,7 @@ Precisions (what is kept in float, and why, in BUILD_NOTES.md "Export"):
 
 - ``float32``: the Keras graph with a float32 DFT (TFLite has no float64 matmul).
 - ``float16``: weights stored as float16, computed in float32. The front end's tables are
-  split into two float16 halves summed at run time (`graphs.QuantisationSafeLogMel`), so the
+  split into two float16 halves summed at run time (`LogMelSpectrogram(table_mode="runtime_split16")`), so the
   front end keeps ~22-bit tables instead of 11-bit ones.
 - ``dynamic_int8``: int8 weights, activations quantised on the fly per op. The converter
   has no per-op opt-out here, so the front end's tables are kept out of the constant pool
@@ -38,7 +38,7 @@ from export.graphs import ServingModels, probabilities_and_embedding
 
 PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
 
-#: Front-end table mode per precision (see graphs.QuantisationSafeLogMel).
+#: Front-end table mode per precision (see keras_mgc.frontend.LogMelSpectrogram table_mode).
 TABLE_MODE = {"float32": "constant", "float16": "runtime_split16", "dynamic_int8": "runtime", "int8": "runtime"}
 
 #: Layers (Keras name scopes) that full int8 keeps in float.

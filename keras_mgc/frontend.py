@@ -19,6 +19,14 @@ come out up to 2.3e-4 off in log-mel on real GTZAN clips, whatever the summation
 (BUILD_NOTES.md); float64 costs ~3% of a training step. TFLite has no float64 matmul, so
 exported artifacts use `dft_precision="float32"`.
 
+Quantised TFLite models must keep the front end in float (int8 frames or powers wipe out
+the quiet mel bins), but the converter has no per-op opt-out for dynamic-range
+quantisation and stores every float constant as float16 in float16 mode. With
+`table_mode="runtime"` the DFT and mel tables are multiplied by a 1.0 that depends on the
+input's shape, which no converter folds, so they stay float32 (`"runtime_split16"`: each
+table is a float16 high part plus a float16 low part summed at run time, ~22 bits, for
+float16 artifacts). Same numbers as "constant", the default.
+
 Example:
     >>> layer = LogMelSpectrogram()
     >>> layer(np.zeros((2, 44356), "float32")).shape   # 1 + 44356 // 256 frames
@@ -32,6 +40,10 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+
+
+#: How LogMelSpectrogram holds its DFT and mel tables (see the module docstring).
+TABLE_MODES = ("constant", "runtime", "runtime_split16")
 
 
 def hz_to_mel_htk(freq: np.ndarray | float) -> np.ndarray:
@@ -98,12 +110,15 @@ class LogMelSpectrogram(keras.layers.Layer):
         log_offset: float = 1e-6,
         mean_normalize: bool = True,
         dft_precision: str = "float64",
+        table_mode: str = "constant",
         **kwargs: Any,
     ) -> None:
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         if dft_precision not in ("float32", "float64"):
             raise ValueError(f"dft_precision must be 'float32' or 'float64', got {dft_precision!r}")
+        if table_mode not in TABLE_MODES:
+            raise ValueError(f"table_mode must be one of {TABLE_MODES}, got {table_mode!r}")
         if win_length != 2 * hop_length or win_length > n_fft:
             raise ValueError(
                 f"LogMelSpectrogram needs win_length == 2 * hop_length <= n_fft, got "
@@ -119,6 +134,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         self.log_offset = log_offset
         self.mean_normalize = mean_normalize
         self.dft_precision = dft_precision
+        self.table_mode = table_mode
 
         fbank = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
         used = np.flatnonzero(fbank.any(axis=1))  # DFT bins that some filter uses
@@ -128,6 +144,17 @@ class LogMelSpectrogram(keras.layers.Layer):
         self._dft = dft_tables(n_fft, win_length, bins).astype(dft_precision)
         self._fbank = fbank[bins].astype("float32")
 
+    def _table(self, table: np.ndarray, waveform: Any) -> Any:
+        """A constant table, or (table_mode "runtime*") one the converters cannot fold or quantise."""
+        if self.table_mode == "constant":
+            return ops.convert_to_tensor(table)
+        one = ops.cast(ops.shape(waveform)[0] >= 0, table.dtype)  # 1.0, known only at run time
+        if self.table_mode == "runtime_split16":
+            hi = table.astype(np.float16).astype(table.dtype)
+            lo = (table - hi).astype(np.float16).astype(table.dtype)
+            return ops.convert_to_tensor(hi) * one + ops.convert_to_tensor(lo) * one
+        return ops.convert_to_tensor(table) * one
+
     def call(self, waveform: Any) -> Any:
         hop = self.hop_length
         waveform = ops.cast(waveform, self.dft_precision)
@@ -135,10 +162,10 @@ class LogMelSpectrogram(keras.layers.Layer):
         padded = ops.pad(waveform, [[0, 0], [hop, hop]], mode="reflect")
         blocks = ops.reshape(padded[:, : (n_frames + 1) * hop], [ops.shape(waveform)[0], n_frames + 1, hop])
         frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
-        spec = ops.matmul(frames, ops.convert_to_tensor(self._dft))
+        spec = ops.matmul(frames, self._table(self._dft, waveform))
         real, imag = spec[..., : self._n_bins], spec[..., self._n_bins :]
         power = ops.cast(real * real + imag * imag, "float32")
-        mel = ops.matmul(power, ops.convert_to_tensor(self._fbank))
+        mel = ops.matmul(power, self._table(self._fbank, waveform))
         logmel = ops.log(mel + self.log_offset)
         return subtract_time_mean(logmel) if self.mean_normalize else logmel
 
@@ -164,6 +191,7 @@ class LogMelSpectrogram(keras.layers.Layer):
             log_offset=self.log_offset,
             mean_normalize=self.mean_normalize,
             dft_precision=self.dft_precision,
+            table_mode=self.table_mode,
         )
         config.pop("dtype", None)
         return config

@@ -68,19 +68,23 @@ def build_backbone(cfg: ModelConfigBase) -> keras.Model:
     return builder(cfg)
 
 
-def build_preprocessor(cfg: ModelConfigBase, kind: str | None = None) -> tuple[keras.KerasTensor, Any]:
-    """The model input and its normalised log-mels, for `kind` "waveform" or "mel"."""
+def frontend_params(cfg: ModelConfigBase) -> dict[str, Any]:
+    """The front-end parameters of a model config, as `LogMelSpectrogram` takes them."""
+    return cfg.frontend.model_dump()
+
+
+def build_preprocessor(cfg: ModelConfigBase, kind: str | None = None, **frontend: Any) -> tuple[keras.KerasTensor, Any]:
+    """The model input and its normalised log-mels, for `kind` "waveform" or "mel".
+
+    `frontend` overrides LogMelSpectrogram arguments (e.g. dft_precision, table_mode).
+    """
     kind = kind or cfg.input
-    fe = cfg.frontend
     if kind == "waveform":
         inputs = keras.Input((None,), name="waveform")
-        features = LogMelSpectrogram(
-            fe.sample_rate, fe.n_fft, fe.win_length, fe.hop_length, fe.n_mels, fe.f_min, fe.f_max,
-            fe.log_offset, fe.mean_normalize, name="frontend",
-        )(inputs)
+        features = LogMelSpectrogram(**(frontend_params(cfg) | frontend), name="frontend")(inputs)
     elif kind == "mel":
-        inputs = keras.Input((None, fe.n_mels), name="mel")
-        features = TimeMeanNormalization(name="frontend")(inputs) if fe.mean_normalize else inputs
+        inputs = keras.Input((None, cfg.frontend.n_mels), name="mel")
+        features = TimeMeanNormalization(name="frontend")(inputs) if cfg.frontend.mean_normalize else inputs
     else:
         raise ValueError(f"model.input: expected 'waveform' or 'mel', got {kind!r}")
     return inputs, features
@@ -103,12 +107,13 @@ def build_model(cfg: ModelConfigBase | dict, num_classes: int, name: str = "genr
     return keras.Model(inputs, logits, name=name)
 
 
-def with_input(model: keras.Model, kind: str, cfg: ModelConfigBase) -> keras.Model:
+def with_input(model: keras.Model, kind: str, cfg: ModelConfigBase, **frontend: Any) -> keras.Model:
     """The same trained backbone and head behind another input kind ("waveform" or "mel").
 
-    Layers (and weights) are shared with `model`; outputs are (logits, embedding).
+    Layers (and weights) are shared with `model`; outputs are {"logits", "embedding"}.
+    `frontend` overrides LogMelSpectrogram arguments of a waveform entry point.
     """
-    inputs, features = build_preprocessor(cfg, kind)
+    inputs, features = build_preprocessor(cfg, kind, **frontend)
     embedding = model.get_layer("backbone")(features)
     logits = model.get_layer("head")(embedding)
     return keras.Model(inputs, {"logits": logits, "embedding": embedding}, name=f"{model.name}_{kind}")
@@ -132,8 +137,6 @@ def load_float32(path: str, cfg: ModelConfigBase, num_classes: int, dft_precisio
     keras.mixed_precision.set_global_policy("float32")
     try:
         model = build_model(cfg, num_classes)
-        if dft_precision is not None and cfg.input == "waveform":
-            model = _with_dft_precision(model, cfg, dft_precision)
         saved = keras.models.load_model(path, compile=False)
         if len(saved.weights) != len(model.weights):
             raise ValueError(f"{path}: saved model has {len(saved.weights)} weights, the configuration "
@@ -143,16 +146,9 @@ def load_float32(path: str, cfg: ModelConfigBase, num_classes: int, dft_precisio
                 raise ValueError(f"{path}: weight {source.path} has shape {tuple(source.shape)}, "
                                  f"the configuration expects {tuple(target.shape)}")
             target.assign(keras.ops.cast(source, target.dtype))
+        if dft_precision is not None and cfg.input == "waveform":
+            entry = with_input(model, "waveform", cfg, dft_precision=dft_precision)
+            model = keras.Model(entry.inputs, entry.output["logits"], name=model.name)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return model
-
-
-def _with_dft_precision(model: keras.Model, cfg: ModelConfigBase, precision: str) -> keras.Model:
-    """`model` with its front end rebuilt at another DFT precision (weights shared)."""
-    frontend = model.get_layer("frontend")
-    config = frontend.get_config() | {"dft_precision": precision}
-    inputs = keras.Input((None,), name="waveform")
-    features = LogMelSpectrogram.from_config(config)(inputs)
-    logits = model.get_layer("head")(model.get_layer("backbone")(features))
-    return keras.Model(inputs, logits, name=model.name)
