@@ -8,8 +8,10 @@ same decoder, so the concatenated stream equals `load_audio` (bit-exact when no
 resampling is needed).
 
 Every problem with a file is an `AudioError` naming the file and what is wrong: missing,
-empty, not audio, unreadable or malformed header, no frames, a decoder error mid-file,
-NaN or Inf samples. Silence is valid.
+empty, not audio, unreadable or malformed header, an implausible sample rate, no frames,
+a decoder error mid-file, NaN or Inf samples, samples beyond +-MAX_ABS_SAMPLE (finite,
+but they overflow the float32 log-mel power and would train on NaN), a clip too short to
+leave one sample after resampling. Silence is valid.
 
 Truncation policy: when libsndfile ends the data early but cleanly (a WAV/AU/AIFF whose
 header declares more data than the file holds, or an MP3 whose Xing/Info header declares
@@ -53,6 +55,15 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 #: soxr quality used everywhere (DESIGN.md: high quality resampling).
 RESAMPLE_QUALITY = "HQ"
+
+#: Largest sample magnitude accepted. Float files may exceed +-1 (unnormalised exports,
+#: integers stored as floats reach 2.1e9), but beyond ~7e15 the log-mel power overflows
+#: float32 and the features become NaN; 1e12 leaves a wide margin on both sides.
+MAX_ABS_SAMPLE = 1e12
+
+#: Sample rates accepted in a header. A corrupt header can say 1 Hz, which soxr would
+#: turn into 22,050 output samples per input frame (hundreds of GB for a small file).
+MIN_FILE_RATE, MAX_FILE_RATE = 1_000, 1_000_000
 
 # Frames read per libsndfile call when a whole clip is loaded (about 24 s at 44.1 kHz).
 _LOAD_READ_FRAMES = 1 << 20
@@ -134,6 +145,11 @@ def _open(path: str | os.PathLike[str]) -> sf.SoundFile:
         # could not parse (seen for .au files that are not AU, or are cut inside the header).
         f.close()
         raise AudioError(p, f"{_UNRECOGNISED} [libsndfile fell back to headerless RAW]")
+    if not MIN_FILE_RATE <= f.samplerate <= MAX_FILE_RATE:
+        rate = f.samplerate
+        f.close()
+        raise AudioError(p, f"implausible sample rate {rate} Hz in the header (corrupt header?); "
+                            f"accepted: {MIN_FILE_RATE:,} to {MAX_FILE_RATE:,} Hz")
     return f
 
 
@@ -200,7 +216,7 @@ def _decode(
         resampler = None
         if sample_rate is not None and sample_rate != rate:
             resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
-        decoded = 0
+        decoded = produced = 0
         while True:
             try:
                 block = f.read(read_frames, dtype="float32", always_2d=True)
@@ -210,17 +226,29 @@ def _decode(
             if len(block) == 0:
                 break
             mono = _to_mono(block)
-            if not np.isfinite(mono).all():
-                at = decoded + int(np.argmin(np.isfinite(mono)))
-                raise AudioError(p, f"non-finite sample (NaN or Inf) at frame {at} ({at / rate:.3f} s)")
+            peak = float(np.abs(mono).max())
+            if not peak <= MAX_ABS_SAMPLE:  # NaN, Inf or absurdly large
+                finite = np.isfinite(mono)
+                if not finite.all():
+                    at = decoded + int(np.argmin(finite))
+                    raise AudioError(p, f"non-finite sample (NaN or Inf) at frame {at} ({at / rate:.3f} s)")
+                at = decoded + int(np.argmax(np.abs(mono)))
+                raise AudioError(p, f"sample magnitude {peak:.3g} at frame {at} ({at / rate:.3f} s) is beyond "
+                                    f"+-{MAX_ABS_SAMPLE:.0e}: not audio (a corrupt float file?)")
             decoded += len(mono)
-            yield mono if resampler is None else resampler.resample_chunk(mono)
+            out = mono if resampler is None else resampler.resample_chunk(mono)
+            produced += len(out)
+            yield out
     if decoded == 0:
         raise AudioError(p, "no audio frames could be decoded")
     if is_mp3 and declared - decoded > max(2 * _MP3_FRAME, declared // 100):
         on_truncated(p, f"decoded {decoded} of {declared} declared frames ({decoded / rate:.2f} s)")
     if resampler is not None:
-        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        out = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        produced += len(out)
+        if produced == 0:
+            raise AudioError(p, f"too short: {decoded} frame(s) at {rate} Hz leave no sample at {sample_rate} Hz")
+        yield out
 
 
 def _check_rate(sample_rate: int) -> None:
@@ -228,13 +256,19 @@ def _check_rate(sample_rate: int) -> None:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
 
 
-def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE, *, strict: bool = False) -> np.ndarray:
+def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE, *, strict: bool = False,
+               on_truncated: Callable[[str], None] | None = None) -> np.ndarray:
     """Decode a whole file to a 1-D float32 mono array at `sample_rate` (soxr HQ if needed).
 
     Raises AudioError for unusable files; see the module docstring for truncated ones.
+    `on_truncated` (when not strict) is called with a description of the shortfall
+    instead of a TruncatedAudioWarning, for callers that record it (thread-safe).
     """
     _check_rate(sample_rate)
-    pieces = [x for x in _decode(path, sample_rate, _LOAD_READ_FRAMES, _on_truncated(strict)) if len(x)]
+    handler = _on_truncated(strict)
+    if on_truncated is not None and not strict:
+        handler = lambda _path, detail: on_truncated(detail)  # noqa: E731
+    pieces = [x for x in _decode(path, sample_rate, _LOAD_READ_FRAMES, handler) if len(x)]
     if len(pieces) == 1:
         return pieces[0]
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)

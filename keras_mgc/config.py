@@ -188,9 +188,15 @@ class DataConfig(_Section):
             raise ValueError(f"root: dataset '{self.dataset}' needs a data folder (data.root or --data-dir)")
         if self.split == "lists" and self.split_dir is None:
             raise ValueError("split_dir: split 'lists' needs a folder of split lists")
-        for key in ("root", "split_dir", "cache_dir"):
+        for key in ("root", "split_dir"):
             value = getattr(self, key)
-            if value is not None and key != "cache_dir" and not Path(value).exists():
+            if value is None:
+                continue
+            try:
+                exists = Path(value).exists()
+            except (OSError, ValueError) as exc:  # e.g. a name too long, a NUL byte
+                raise ValueError(f"{key}: not a usable path ({exc.__class__.__name__}: {exc})") from None
+            if not exists:
                 raise ValueError(f"{key}: path does not exist: {value}")
         return self
 
@@ -276,6 +282,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
     for item in error.errors():
         parts = [str(p) for p in item["loc"] if not _UNION_TAG.match(str(p))]
         if item["type"] == "extra_forbidden":
+            # The last element is the unknown key itself, whatever its name ("none", "int").
+            parts = [str(p) for p in item["loc"][:-1] if not _UNION_TAG.match(str(p))] + [str(item["loc"][-1])]
             parent = _model_at(Recipe, tuple(parts[:-1]))
             allowed = sorted(parent.model_fields) if parent is not None else []
             close = difflib.get_close_matches(parts[-1], allowed, n=1)

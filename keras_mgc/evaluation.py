@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mgc import __version__
-from keras_mgc.data.pipeline import ClipStore, tta_crops
+from keras_mgc.data.pipeline import ClipStore, crop, tta_crops
 from keras_mgc.io import write_json, write_text
 from keras_mgc.metrics import classification_metrics, mean_std, plot_confusion, summarize_folds
 
@@ -40,9 +40,18 @@ class Predictor:
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return self._probs(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
-    def whole(self, store: ClipStore) -> np.ndarray:
-        """(n_clips, n_classes): each whole clip in one pass."""
-        return np.concatenate([self.probabilities(np.asarray(store.get(i))[None]) for i in range(len(store))])
+    def whole(self, store: ClipStore, min_length: int = 0) -> np.ndarray:
+        """(n_clips, n_classes): each whole clip in one pass.
+
+        A clip shorter than `min_length` (the training crop) is wrap-padded to it, as training
+        and TTA crops are: the front end cannot take a clip of `hop_length` samples or fewer
+        (reflect padding), and a 10 ms clip is a valid file.
+        """
+        def clip(i: int) -> np.ndarray:
+            x = np.asarray(store.get(i))
+            return crop(x, 0, min_length) if x.shape[0] < min_length else x
+
+        return np.concatenate([self.probabilities(clip(i)[None]) for i in range(len(store))])
 
     def tta(self, store: ClipStore, crop: int, n_crops: int = 16) -> np.ndarray:
         """(n_clips, n_classes): softmax outputs of `n_crops` crops summed (the paper's TTA)."""
@@ -51,7 +60,7 @@ class Predictor:
 
     def predict(self, store: ClipStore, mode: str, crop: int, n_crops: int = 16) -> np.ndarray:
         if mode == "whole":
-            return self.whole(store)
+            return self.whole(store, crop)
         if mode == "tta":
             return self.tta(store, crop, n_crops)
         raise ValueError(f"unknown evaluation mode {mode!r} (expected 'whole' or 'tta')")
@@ -148,6 +157,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     if missing or results["data"].get("n_skipped"):
         lines += [f"Not used: {missing} split entries missing from the data folder (data.allow_missing), "
                   f"{results['data'].get('n_skipped', 0)} files skipped as unreadable (skipped.json).", ""]
+    if results.get("stopped"):
+        lines += [f"Stopped: {results['stopped']['reason']} Only the folds below finished.", ""]
     if recipe.get("paper_accuracy") is not None:
         lines += [f"Paper: {recipe.get('paper_ref') or ''} {recipe['paper_accuracy']:.1f} % accuracy.", ""]
     lines += ["| fold | best epoch | val acc % | " + " | ".join(f"test acc % ({MODE_TITLES[m]})" for m in modes) + " |",

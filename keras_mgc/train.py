@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m keras_mgc.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override recipe keys")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override recipe keys (may be repeated)")
     parser.add_argument("--data-dir", help="dataset folder (sets data.root; a synthetic recipe then uses it)")
     parser.add_argument("--output-dir", help="where run folders go (sets output_dir)")
     parser.add_argument("--folds", help="comma-separated fold numbers to run (sets data.folds)")
@@ -107,11 +108,22 @@ def run(recipe: Recipe, run_dir: Path) -> int:
     keras.mixed_precision.set_global_policy(policy)
     log.info("precision %s, %d replica(s) (%s)", policy, strategy.num_replicas_in_sync, type(strategy).__name__)
 
-    data = prepare_data(recipe.data, run_dir, recipe.seed)
+    from keras_mgc.data.datasets import DatasetError
+
+    try:
+        data = prepare_data(recipe.data, run_dir, recipe.seed)
+    except DatasetError as exc:  # too many unreadable files: still record which and why
+        if getattr(exc, "skipped", None) is None:
+            raise
+        write_json(run_dir / "skipped.json", exc.skipped)
+        raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
     print(f"Training on: {data.description}", flush=True)
     write_json(run_dir / "skipped.json", data.skipped)
     if data.skipped:
         print(f"{len(data.skipped)} file(s) skipped, reasons in {run_dir / 'skipped.json'}", flush=True)
+    if data.store.flagged:
+        print(f"{len(data.store.flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
+              f"in {run_dir / 'results.json'}", flush=True)
     write_json(run_dir / "classes.json", data.class_names)
     recipe_dict = recipe_to_dict(recipe)
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync}
@@ -129,6 +141,7 @@ def run(recipe: Recipe, run_dir: Path) -> int:
             training = train_fold(recipe, data, fold, fold_dir, strategy)
         except TrainingDiverged as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
+            extra["stopped"] = {"fold": fold.name, "reason": str(exc)}
             status = 1
             break
         keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,17 @@ def make_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
 class WholeClipValidation(keras.callbacks.Callback):
     """After each epoch: loss and accuracy on whole validation clips, into the epoch's logs."""
 
-    def __init__(self, store: ClipStore, labels: list[int]) -> None:
+    def __init__(self, store: ClipStore, labels: list[int], min_length: int = 0) -> None:
         super().__init__()
-        self.store, self.labels = store, np.asarray(labels)
+        self.store, self.labels, self.min_length = store, np.asarray(labels), min_length
+        self._predictor: Predictor | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        probs = Predictor(self.model).whole(self.store)
+        if self.model.stop_training:  # stopped mid-epoch (NaN loss): nothing to validate
+            return
+        if self._predictor is None:  # traced once, not once per epoch
+            self._predictor = Predictor(self.model)
+        probs = self._predictor.whole(self.store, self.min_length)
         picked = probs[np.arange(len(self.labels)), self.labels]
         logs = logs if logs is not None else {}
         logs["val_loss"] = float(-np.log(np.maximum(picked, 1e-12)).mean())
@@ -99,10 +105,17 @@ class RunState(keras.callbacks.BackupAndRestore):
     """BackupAndRestore with an atomic backup that also holds the history and the best epoch.
 
     At the end of every epoch: if the monitored value improved, the model is saved as
-    `best.keras` (a copy, not a reference); then the weights and optimizer state go to
-    `backup/weights-<epoch>.weights.h5` and `backup/state.json` is replaced in one rename,
-    so the backup is always a finished epoch. A NaN or infinite loss stops training at
-    once, without saving that epoch, and is raised as TrainingDiverged after `fit`.
+    `backup/best-<epoch>.keras` (a copy, not a reference); then the weights and optimizer
+    state go to `backup/weights-<epoch>.weights.h5`, `backup/state.json` is replaced in one
+    rename (the commit point: the backup is always a finished epoch), and only then the new
+    best is renamed onto `best.keras` (a resume finishes a rename that a kill interrupted).
+    So `best.keras` is always the model of the best epoch that state.json records, never
+    one of an epoch that a kill cut short.
+
+    A NaN or infinite training loss stops training at that step; non-finite weights or
+    validation loss at the end of an epoch stop it too (a model that outputs NaN in
+    inference while its training loss is still finite, e.g. after a huge learning-rate
+    step). Nothing of that epoch is saved; it is raised as TrainingDiverged after `fit`.
     """
 
     def __init__(self, fold_dir: str | Path, monitor: str | None = "val_accuracy") -> None:
@@ -127,15 +140,30 @@ class RunState(keras.callbacks.BackupAndRestore):
         return int(state["epoch"]) if state else 0
 
     # Restoring ------------------------------------------------------------
+    def _pending_best(self, epoch: int | None) -> Path:
+        return self.fold_dir / "backup" / f"best-{epoch or 0:04d}.keras"
+
+    def _publish_best(self) -> None:
+        """Rename the recorded best epoch's staged model onto best.keras; drop stale staged ones."""
+        pending = self._pending_best(self.best_epoch)
+        if pending.is_file():
+            os.replace(pending, self.best_path)
+        for stale in (self.fold_dir / "backup").glob("best-*.keras"):
+            stale.unlink()
+
     def on_train_begin(self, logs: dict | None = None) -> None:
+        for leftover in (self.fold_dir / "backup").glob(".*.tmp-*"):  # a write that a kill interrupted
+            leftover.unlink()
         state = self.saved_state()
         if state is None:
+            self._publish_best()  # removes what an epoch killed before its commit left behind
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(self.fold_dir / "backup" / state["weights"])
         self.model._initial_epoch = int(state["epoch"])
         self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
+        self._publish_best()
         log.info("resumed %s after epoch %d (best %s %.4f at epoch %s)", self.fold_dir.name, state["epoch"],
                  self.monitor, self.best if self.best is not None else float("nan"), self.best_epoch)
 
@@ -143,34 +171,46 @@ class RunState(keras.callbacks.BackupAndRestore):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
+    def _stop(self, what: str) -> None:
+        last = f"epoch {self.history[-1]['epoch']}" if self.history else "none (no epoch finished)"
+        self.diverged = (f"{self.fold_dir.name}: {what}; training stopped. Last good state: {last}, kept in "
+                         f"{self.fold_dir / 'backup'}; best checkpoint: "
+                         f"{self.best_path if self.best_path.exists() else 'none yet'}")
+        self.model.stop_training = True
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # Keras's logs["loss"] is the epoch's running mean: it turns NaN/Inf at the first
+        # non-finite step, and stays so, so the first step reported is the first bad one.
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.diverged is None:
-            last = f"epoch {self.history[-1]['epoch']}" if self.history else "none (no epoch finished)"
-            self.diverged = (f"{self.fold_dir.name}: loss became {float(loss)} at epoch {self._epoch + 1}, "
-                             f"step {batch + 1}; training stopped. Last good state: {last}, kept in "
-                             f"{self.fold_dir / 'backup'}; best checkpoint: "
-                             f"{self.best_path if self.best_path.exists() else 'none yet'}")
-            self.model.stop_training = True
+            self._stop(f"loss became {float(loss)} at epoch {self._epoch + 1}, step {batch + 1}")
 
     # Saving ---------------------------------------------------------------
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.diverged is not None:
             return
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        bad = [k for k in ("loss", "val_loss") if k in logs and not math.isfinite(logs[k])]
+        if bad:
+            self._stop(f"{bad[0]} became {logs[bad[0]]} at the end of epoch {epoch + 1}")
+            return
+        if not all(np.isfinite(v.numpy()).all() for v in self.model.weights):
+            self._stop(f"weights became non-finite (NaN or Inf) during epoch {epoch + 1}")
+            return
         value = logs.get(self.monitor) if self.monitor else None
         improved = self.monitor is None or (value is not None and (self.best is None or value > self.best))
+        backup = self.fold_dir / "backup"
         if improved:
             self.best, self.best_epoch = value, epoch + 1
-            with atomic_path(self.best_path) as tmp:
+            with atomic_path(self._pending_best(epoch + 1)) as tmp:
                 self.model.save(tmp)
         self.history.append({"epoch": epoch + 1, **logs})
-        backup = self.fold_dir / "backup"
         weights = f"weights-{epoch + 1:04d}.weights.h5"
         with atomic_path(backup / weights) as tmp:
             self.model.save_weights(tmp)
         write_json(self.state_path, {"epoch": epoch + 1, "weights": weights, "history": self.history,
                                      "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor})
+        self._publish_best()
         for old in backup.glob("weights-*.weights.h5"):
             if old.name != weights:
                 old.unlink()
@@ -212,7 +252,8 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
         inputs = training_dataset(train_store, labels, sampler, initial_epoch)
     callbacks: list[keras.callbacks.Callback] = []
     if fold.valid:
-        callbacks.append(WholeClipValidation(data.store.subset(data.positions(fold.valid)), data.labels(fold.valid)))
+        callbacks.append(WholeClipValidation(data.store.subset(data.positions(fold.valid)), data.labels(fold.valid),
+                                             crop))
     callbacks += [
         keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: learning_rate_at(epoch, train_cfg.epochs, train_cfg.optimizer, train_cfg.schedule)),

@@ -255,6 +255,8 @@ def _read_song_meta(path: Path) -> dict[str, list[str]]:
         raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot be read ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # e.g. nested thousands deep, a 5000-digit number
+        raise DatasetError(f"{path}: not usable JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(songs, list) or not songs:
         raise DatasetError(f"{path}: expected a non-empty JSON list of songs, got {type(songs).__name__}")
     genres: dict[str, list[str]] = {}
@@ -341,9 +343,10 @@ def _open_mel(path: str | os.PathLike[str], mmap: bool) -> tuple[Path, np.ndarra
     if p.stat().st_size == 0:
         raise MelonError(p, "empty file (0 bytes)")
     try:
-        mel = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise MelonError(p, f"not a readable .npy array ({exc})") from exc
+        with np.errstate(all="ignore"):  # a forged shape overflows numpy's size arithmetic: an error below
+            mel = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser also raises TokenError, SyntaxError, ...
+        raise MelonError(p, f"not a readable .npy array ({type(exc).__name__}: {exc})") from exc
     if not isinstance(mel, np.ndarray):  # an .npz archive
         mel.close()
         raise MelonError(p, "an .npz archive, expected a single .npy array")
@@ -356,7 +359,9 @@ def load_melon_mel(path: str | os.PathLike[str]) -> np.ndarray:
     Raises MelonError (an AudioError) for an unreadable file, a shape other than (48, T),
     a non-float dtype, or NaN/Inf values (also after the cast to float32).
     """
-    p, mel = _open_mel(path, mmap=False)
+    # Memory-mapped first: a forged or cut header that declares more data than the file
+    # holds is an error here, not a many-GB allocation (found by tests/test_fuzz.py).
+    p, mel = _open_mel(path, mmap=True)
     _check_mel(p, mel, values=False)
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, rejected below
         out = np.ascontiguousarray(mel.T, dtype=np.float32)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mgc.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
+from keras_mgc.audio import SAMPLE_RATE, AudioError, load_audio
 from keras_mgc.data.datasets import MELON_MEL_BINS, Track, load_melon_mel
 from keras_mgc.io import atomic_path
 
@@ -61,8 +61,11 @@ class ClipStore:
     cache: "memory" keeps float32 arrays in RAM; "disk" writes one .npy per track under
     `cache_dir` (keyed by path, size, mtime and sample rate, so an edited file is decoded
     again) and memory-maps it; "none" decodes on every access (for mels already on disk,
-    such as Melon's, this is the cheap choice). Unreadable tracks are dropped by
-    `prepare()` and listed in `skipped` with the reason.
+    such as Melon's, this is the cheap choice). Whatever the cache, `prepare()` decodes
+    every track once, so a file that cannot be used (NaN values, wrong shape or dtype, a
+    decoder error) is found before training, never mid-epoch; unreadable tracks are
+    dropped and listed in `skipped` with the reason, truncated ones kept and listed in
+    `flagged` (decoded now; a disk-cache hit is not decoded again and not re-flagged).
     """
 
     def __init__(self, tracks: Sequence[Track], cache: str = "memory", cache_dir: str | os.PathLike | None = None,
@@ -77,40 +80,42 @@ class ClipStore:
         self.sample_rate = sample_rate
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.skipped: list[dict[str, str]] = []
+        self.flagged: list[dict[str, str]] = []
         self.lengths = np.zeros(len(self.tracks), dtype=np.int64)
         self._arrays: list[np.ndarray | None] = [None] * len(self.tracks)
         self._prepared = False
 
     # ------------------------------------------------------------------ decoding
-    def _decode(self, track: Track) -> np.ndarray:
-        return load_melon_mel(track.path) if is_mel_track(track) else load_audio(track.path, self.sample_rate)
+    def _decode(self, track: Track, notes: list[str] | None = None) -> np.ndarray:
+        if is_mel_track(track):
+            return load_melon_mel(track.path)
+        return load_audio(track.path, self.sample_rate, on_truncated=None if notes is None else notes.append)
 
     def _cache_path(self, track: Track) -> Path:
         st = os.stat(track.path)
         key = f"{CACHE_VERSION}|{os.path.abspath(track.path)}|{st.st_size}|{st.st_mtime_ns}|{self.sample_rate}"
         return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
-    def _prepare_one(self, i: int) -> tuple[int, np.ndarray | None, int, str | None]:
+    def _prepare_one(self, i: int) -> tuple[int, np.ndarray | None, int, str | None, list[str]]:
         track = self.tracks[i]
+        notes: list[str] = []  # truncation notes from the decoder
         try:
             if self.cache == "memory":
-                clip = self._decode(track)
-                return i, clip, clip.shape[0], None
+                clip = self._decode(track, notes)
+                return i, clip, clip.shape[0], None, notes
             if self.cache == "disk":
                 path = self._cache_path(track)
                 if not path.is_file():
-                    clip = self._decode(track)
+                    clip = self._decode(track, notes)
                     with atomic_path(path) as tmp:
                         np.save(tmp, clip)
                 clip = np.load(path, mmap_mode="r")
-                return i, clip, clip.shape[0], None
-            if is_mel_track(track):  # "none": mel length from the .npy header
-                return i, None, np.load(track.path, mmap_mode="r").shape[1], None
-            info = audio_info(track.path)
-            return i, None, int(round(info.frames * self.sample_rate / info.sample_rate)), None
+                return i, clip, clip.shape[0], None, notes
+            # "none": decode once to check (NaN, shape, dtype, decoder errors) and measure, keep nothing.
+            return i, None, self._decode(track, notes).shape[0], None, notes
         except (AudioError, OSError) as exc:
             reason = exc.reason if isinstance(exc, AudioError) else str(exc)
-            return i, None, 0, reason
+            return i, None, 0, reason, notes
 
     def prepare(self) -> "ClipStore":
         """Decode (or index) every track once; drop and record the unreadable ones."""
@@ -120,11 +125,14 @@ class ClipStore:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(self.workers) as pool:
             results = list(pool.map(self._prepare_one, range(len(self.tracks))))
-        keep = [i for i, _, _, reason in results if reason is None]
-        for i, _, _, reason in results:
+        keep = [i for i, _, _, reason, _ in results if reason is None]
+        for i, _, _, reason, notes in results:
+            t = self.tracks[i]
             if reason is not None:
-                t = self.tracks[i]
                 self.skipped.append({"path": t.path, "key": t.key, "label": t.label, "reason": reason})
+            elif notes:
+                self.flagged.append({"path": t.path, "key": t.key, "label": t.label,
+                                     "reason": "truncated, using the decodable part: " + "; ".join(notes)})
         self.tracks = [self.tracks[i] for i in keep]
         self._arrays = [results[i][1] for i in keep]
         self.lengths = np.array([results[i][2] for i in keep], dtype=np.int64)
@@ -143,6 +151,7 @@ class ClipStore:
         view._arrays = [self._arrays[i] for i in positions]
         view.lengths = self.lengths[list(positions)]
         view.skipped = []
+        view.flagged = []
         return view
 
     def get(self, i: int) -> np.ndarray:

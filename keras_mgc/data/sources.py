@@ -77,6 +77,7 @@ class PreparedData:
             "files_per_class": counts,
             "n_files": len(self.store.tracks),
             "n_skipped": len(self.skipped),
+            "flagged": [dict(f) for f in self.store.flagged],
             "folds": {f.name: f.report() for f in self.folds},
         }
 
@@ -132,13 +133,19 @@ def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: st
     disk_cache = (cache_dir or cfg.cache_dir or work_dir / "cache") if cfg.cache == "disk" else None
     store = ClipStore(sorted(needed.values(), key=lambda t: t.key), cache=cfg.cache, cache_dir=disk_cache).prepare()
     n = len(needed)
+    all_skipped = [dict(s) for s in index.skipped] + store.skipped
+    first = "; ".join(f"{s['path']}: {s['reason']}" for s in store.skipped[:5])
     if store.skipped:
-        log.warning("skipped %d unreadable file(s): %s", len(store.skipped),
-                    "; ".join(f"{s['path']}: {s['reason']}" for s in store.skipped[:5]))
+        log.warning("skipped %d unreadable file(s): %s", len(store.skipped), first)
+    if store.flagged:
+        log.warning("%d truncated file(s) kept (their decodable part is used): %s", len(store.flagged),
+                    "; ".join(f"{s['path']}: {s['reason']}" for s in store.flagged[:5]))
     if n and len(store.skipped) > cfg.max_skip_fraction * n:
-        raise DatasetError(f"{len(store.skipped)} of {n} files are unreadable, more than "
-                           f"data.max_skip_fraction={cfg.max_skip_fraction}; first: "
-                           + "; ".join(f"{s['path']}: {s['reason']}" for s in store.skipped[:5]))
+        raise _with_skipped(DatasetError(f"{len(store.skipped)} of {n} files are unreadable, more than "
+                                         f"data.max_skip_fraction={cfg.max_skip_fraction}; first: {first}"), all_skipped)
+    emptied = sorted({t.label for t in needed.values()} - {t.label for t in store.tracks})
+    if emptied:
+        raise _with_skipped(DatasetError(f"every file of class(es) {emptied} is unreadable; first: {first}"), all_skipped)
     bad = {s["key"] for s in store.skipped}
     folds = []
     for number, (name, r) in enumerate(resolved, start=1):
@@ -151,5 +158,10 @@ def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: st
                                    f"unreadable: {len(skipped[p])})")
         folds.append(Fold(number, name, parts["train"], parts["valid"], parts["test"],
                           {p: list(k) for p, k in r.missing.items()}, skipped))
-    skipped = [dict(s) for s in index.skipped] + store.skipped
-    return PreparedData(index, store, list(index.class_names), folds, description, skipped)
+    return PreparedData(index, store, list(index.class_names), folds, description, all_skipped)
+
+
+def _with_skipped(error: DatasetError, skipped: list[dict[str, str]]) -> DatasetError:
+    """`error` carrying the full list of skipped files, for the run's skipped.json."""
+    error.skipped = skipped  # type: ignore[attr-defined]
+    return error

@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_mgc.audio import AUDIO_EXTENSIONS
 from keras_mgc.data.datasets import DatasetIndex, Track
+from keras_mgc.io import write_text
 
 #: The parts of a split, in order.
 PARTS: tuple[str, ...] = ("train", "valid", "test")
@@ -113,7 +114,7 @@ def read_split_list(path: str | os.PathLike[str]) -> list[str]:
 def write_split_list(path: str | os.PathLike[str], keys: Iterable[str], comment: str | None = None) -> None:
     """Write keys one per line (after optional ``#`` comment lines), e.g. to freeze generated folds."""
     lines = [f"# {c}" for c in comment.splitlines()] if comment else []
-    Path(path).write_text("\n".join([*lines, *keys]) + "\n", encoding="utf-8")
+    write_text(path, "\n".join([*lines, *keys]) + "\n")
 
 
 def read_folds(directory: str | os.PathLike[str]) -> list[list[str]]:
