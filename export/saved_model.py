@@ -111,7 +111,12 @@ def batching_parameters(params: dict[str, int] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def docker_command(saved_model_root: Path | str, image: str = "tensorflow/serving:latest") -> str:
+#: The TF Serving image matching the TensorFlow that exports (2.21; tensorflow-serving-api
+#: 2.21.0 is on PyPI, and Serving's images are tagged with the same version numbers).
+SERVING_IMAGE = "tensorflow/serving:2.21.0"
+
+
+def docker_command(saved_model_root: Path | str, image: str = SERVING_IMAGE) -> str:
     """The `docker run` that serves this export (REST on 8501, gRPC on 8500).
 
     `saved_model_root` is the host folder holding models.config (a Path is made absolute; a
