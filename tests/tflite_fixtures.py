@@ -50,10 +50,8 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
     Writes out_dir/model_float32.tflite, model_float32.json and labels.txt.
     """
     import keras
-    import tensorflow as tf
 
     from keras_mgc.config import ECAPAConfig
-    from keras_mgc.frontend import LogMelSpectrogram
     from keras_mgc.models import build_model
 
     keras.utils.set_random_seed(seed)
@@ -78,31 +76,21 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
             idx = np.resize(order, (step + 1) * batch)[step * batch :]
             model.train_on_batch(x[idx], y[idx])
 
-    # Serving graph: float32 DFT front end (TFLite has no float64 matmul), shared backbone/head.
-    fe = model.get_layer("frontend").get_config() | {"dft_precision": "float32"}
+    # The exporter's own conversion (SavedModel through ExportArchive, then TFLite builtins),
+    # with its float32-DFT serving graph sharing the trained weights.
+    from export.graphs import ServingModels, probabilities_and_embedding
+    from export.tflite import TFLiteConverter
+
+    models = ServingModels(model=model, cfg=cfg, num_classes=len(GENRES))
+    waveform = models.waveform("float32")
     inputs = keras.Input((None,), name="waveform")
-    embedding = model.get_layer("backbone")(LogMelSpectrogram.from_config(fe)(inputs))
-    logits = model.get_layer("head")(embedding)
-    probabilities = keras.layers.Softmax(name="probabilities")(logits)
-    serving = keras.Model(inputs, {"probabilities": probabilities, "embedding": embedding})
-
-    # Through a SavedModel: TFLiteConverter.from_concrete_functions(..., trackable) leaves a
-    # Keras 3 model's weights as unfrozen resource variables (VAR_HANDLE/READ_VARIABLE with no
-    # initialiser), which LiteRT runs without error and returns NaN (TF 2.21, keras 3.15).
+    serving = keras.Model(inputs, probabilities_and_embedding(waveform(inputs)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    archive = keras.export.ExportArchive()
-    archive.track(serving)
-    archive.add_endpoint(
-        "serving_default",
-        lambda waveform: serving(waveform, training=False),
-        input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")],
-    )
-    saved = out_dir / "saved_model"
-    archive.write_out(str(saved), verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["serving_default"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    flatbuffer = converter.convert()
-
+    converter = TFLiteConverter(models)
+    try:
+        flatbuffer = converter.convert("float32")
+    finally:
+        converter.close()
     path = out_dir / "model_float32.tflite"
     path.write_bytes(flatbuffer)
     write_metadata(path, GENRES)

@@ -1,0 +1,32 @@
+"""The benchmark suite runs end to end (--quick): a smoke test, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_quick_benchmark_writes_its_table_and_json(tmp_path):
+    proc = run_cli("keras_mgc.bench", "--quick", "--out", str(tmp_path), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    machine = results["machine"]
+    assert machine["cpu_count"] >= 1 and machine["tensorflow"] and machine["ai_edge_litert"]
+    assert results["peak"]["all"]["gflops"] > 0
+    (entry,) = results["configs"].values()
+    assert entry["flops"]["clip_gflop"] > entry["flops"]["clip_frontend_gflop"] > 0
+    inference = entry["inference"]
+    assert set(inference) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8",
+                              "tflite_int8", "onnx"}
+    for runtime, by_threads in inference.items():
+        res = by_threads["all"]
+        assert "error" not in res, (runtime, res)
+        assert 0 < res["clip"]["p10"] <= res["clip"]["median"] <= res["clip"]["p90"]
+        assert res["tta"]["n"] == 3 and res["peak_rss_mb"] > 0
+    for precision, res in entry["training"].items():
+        assert res["crops_per_s"] > 0, precision
+    pipe = results["pipeline"]
+    assert pipe["memory"]["cached_crops_per_s"] > 0 and pipe["disk"]["first_epoch_crops_per_s"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| tiny | tflite_dynamic_int8 | all |" in table and "Input pipeline" in table
