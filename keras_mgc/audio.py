@@ -129,7 +129,9 @@ def _open(path: str | os.PathLike[str]) -> sf.SoundFile:
     if p.stat().st_size == 0:
         raise AudioError(p, "empty file (0 bytes)")
     try:
-        f = sf.SoundFile(os.fspath(p))
+        # Bytes, not str: soundfile encodes a str path strictly, which fails for a Linux file
+        # name that is not valid UTF-8 (Python holds it with surrogate escapes).
+        f = sf.SoundFile(os.fsencode(p))
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
         msg = _libsndfile_message(exc)
         if "not recognised" in msg or "does not exist" in msg:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -196,6 +197,17 @@ def test_non_ascii_and_space_file_names(tmp_path, name):
     bad = path.with_name("kaputt " + path.name)
     bad.write_bytes(b"definitely not audio" * 10)
     expect_error(bad, "not a recognised audio file")
+
+
+def test_file_name_that_is_not_utf8(tmp_path):
+    """Linux names are bytes: one that is not valid UTF-8 (Latin-1 'é' here) still reads."""
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9 latin1.wav")
+    x = noise(2205)
+    sf.write(raw, x, SAMPLE_RATE, subtype="PCM_16")
+    path = Path(os.fsdecode(raw))  # how os.listdir / Path.iterdir hand it to us
+    assert path.exists()
+    assert np.abs(load_audio(path) - x).max() <= 2**-15
+    assert audio_info(path).frames == 2205
 
 
 # --------------------------------------------------------------------------- failures
