@@ -234,6 +234,14 @@ class TrainConfig(_Section):
     nan_policy: Literal["stop"] = "stop"
     verbose: Literal[0, 1, 2] = 1
 
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        lr, floor = self.optimizer.learning_rate, self.schedule.min_learning_rate
+        if self.schedule.name == "cosine" and floor > lr:
+            raise ValueError(f"schedule.min_learning_rate: {floor:g} is above optimizer.learning_rate ({lr:g}); "
+                             "cosine annealing decays from the latter down to the former")
+        return self
+
 
 class EvalConfig(_Section):
     """Test-time evaluation: whole clip in one pass and/or the paper's TTA."""

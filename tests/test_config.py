@@ -67,6 +67,12 @@ def test_negative_epochs_rejected():
     assert "train.epochs: Input should be greater than 0 (got -1)" in _error(GOOD, ["train.epochs=-1"])
 
 
+def test_learning_rate_floor_above_start_rejected():
+    msg = _error(GOOD, ["train.schedule.min_learning_rate=0.01"])
+    assert "train.schedule.min_learning_rate: 0.01 is above optimizer.learning_rate (0.001)" in msg
+    parse_recipe(GOOD, "r.yaml", ["train.schedule.min_learning_rate=0.01", "train.schedule.name=constant"])
+
+
 def test_missing_data_path_rejected(tmp_path):
     missing = tmp_path / "nope"
     msg = _error({"name": "t", "data": {"dataset": "gtzan", "root": str(missing)}})
