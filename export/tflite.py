@@ -82,39 +82,28 @@ def non_builtin_ops(flatbuffer: bytes) -> list[str]:
     return sorted(op for op in op_counts(flatbuffer) if op.startswith("CUSTOM"))
 
 
+def _subgraphs(flatbuffer: bytes):
+    """The model's subgraphs (one per signature) as flatbuffer schema objects."""
+    model = _schema().Model.GetRootAsModel(flatbuffer, 0)
+    return [model.Subgraphs(g) for g in range(model.SubgraphsLength())]
+
+
 def tensor_names(flatbuffer: bytes) -> list[str]:
     """Names of all tensors in all subgraphs."""
-    schema = _schema()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    out = []
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        out += [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())]
-    return out
+    return [graph.Tensors(i).Name().decode() for graph in _subgraphs(flatbuffer) for i in range(graph.TensorsLength())]
 
 
 def tensor_types(flatbuffer: bytes) -> dict[str, str]:
     """Tensor name -> element type name ("FLOAT32", "INT8", ...) over all subgraphs."""
-    schema = _schema()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    out = {}
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        for i in range(graph.TensorsLength()):
-            tensor = graph.Tensors(i)
-            out[tensor.Name().decode()] = types.get(tensor.Type(), str(tensor.Type()))
-    return out
+    types = {v: k for k, v in vars(_schema().TensorType).items() if not k.startswith("_")}
+    return {tensor.Name().decode(): types.get(tensor.Type(), str(tensor.Type()))
+            for graph in _subgraphs(flatbuffer)
+            for tensor in (graph.Tensors(i) for i in range(graph.TensorsLength()))}
 
 
 def output_tensor_names(flatbuffer: bytes) -> list[str]:
-    schema = _schema()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    out = []
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        out += [graph.Tensors(graph.Outputs(i)).Name().decode() for i in range(graph.OutputsLength())]
-    return out
+    return [graph.Tensors(graph.Outputs(i)).Name().decode()
+            for graph in _subgraphs(flatbuffer) for i in range(graph.OutputsLength())]
 
 
 def float_denylist(flatbuffer: bytes, scopes: Iterable[str] = INT8_FLOAT_SCOPES) -> list[str]:
