@@ -282,6 +282,7 @@ def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
     for name, x in (("clip", _audio(CLIP_SAMPLES)), ("tta", _audio(CROP, TTA_CROPS))):
         out[name] = timings(lambda: run(x), job["repeats"])
     out["peak_rss_mb"] = peak_rss_mb()
+    out["tensorflow_imported"] = "tensorflow" in sys.modules
     return out
 
 
@@ -305,11 +306,13 @@ def run_worker(job: dict[str, Any], timeout: int = 3600) -> dict[str, Any]:
 
 def _worker_main(spec: str) -> int:
     job = json.loads(spec)
-    import tensorflow as tf
+    # TFLite and ONNX Runtime workers never import TensorFlow, so their peak memory is what a
+    # device running that artifact needs (LiteRT or ORT, NumPy, the model), not TF's ~600 MB.
+    if not (job["kind"] == "runtime" and job["runtime"] != "saved_model"):
+        import tensorflow as tf
 
-    threads = _threads(job.get("threads", "all"))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(job.get("inter_op", 1))
+        tf.config.threading.set_intra_op_parallelism_threads(_threads(job.get("threads", "all")))
+        tf.config.threading.set_inter_op_parallelism_threads(job.get("inter_op", 1))
     print(json.dumps(WORKERS[job["kind"]](job)), flush=True)
     return 0
 

@@ -24,6 +24,8 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path):
         assert "error" not in res, (runtime, res)
         assert 0 < res["clip"]["p10"] <= res["clip"]["median"] <= res["clip"]["p90"]
         assert res["tta"]["n"] == 3 and res["peak_rss_mb"] > 0
+        # A TFLite / ONNX figure must be what a device without TensorFlow needs.
+        assert res.get("tensorflow_imported", True) == (runtime in ("keras", "saved_model")), runtime
     for precision, res in entry["training"].items():
         assert res["crops_per_s"] > 0, precision
     pipe = results["pipeline"]
