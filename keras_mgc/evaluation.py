@@ -152,6 +152,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [f"# {recipe['name']}", ""]
     if recipe.get("description"):
         lines += [recipe["description"], ""]
+    if results.get("command"):
+        lines += [f"Command: `{results['command']}`", ""]
     lines += [f"Data: {results['data']['description']}", ""]
     missing = sum(len(keys) for f in results["data"].get("folds", {}).values() for keys in f.get("missing", {}).values())
     if missing or results["data"].get("n_skipped"):

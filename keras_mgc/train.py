@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -90,8 +91,12 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def run(recipe: Recipe, run_dir: Path) -> int:
-    """Train and evaluate every fold of the recipe; returns the exit code."""
+def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
+    """Train and evaluate every fold of the recipe; returns the exit code.
+
+    `command` (the command line) is recorded in the results, so a reader sees the overrides
+    that the recipe's own description does not mention.
+    """
     import keras
     import tensorflow as tf
 
@@ -126,7 +131,7 @@ def run(recipe: Recipe, run_dir: Path) -> int:
               f"in {run_dir / 'results.json'}", flush=True)
     write_json(run_dir / "classes.json", data.class_names)
     recipe_dict = recipe_to_dict(recipe)
-    extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync}
+    extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
     for fold in data.folds:
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from keras_mgc.data.splits import SplitError
 
     try:
-        return run(recipe, run_dir)
+        return run(recipe, run_dir, "python -m keras_mgc.train " + shlex.join(sys.argv[1:] if argv is None else argv))
     except (DatasetError, SplitError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -120,3 +120,7 @@ def test_overrides_are_recorded_in_the_run(gtzan_mini_run):
     recipe = yaml.safe_load((gtzan_mini_run / "recipe.yaml").read_text())
     assert recipe["model"]["channels"] == 32 and recipe["model"]["fsa"]["enabled"] is False
     assert recipe["data"]["allow_missing"] is True and recipe["data"]["folds"] == [1, 2]
+    # The command line, with its overrides, is in results.json and results.md.
+    command = _results(gtzan_mini_run)["command"]
+    assert command.startswith("python -m keras_mgc.train --recipe ") and "train.epochs=2" in command
+    assert f"Command: `{command}`" in (gtzan_mini_run / "results.md").read_text()
