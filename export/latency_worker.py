@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
+
+from export.verify import timings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     x = tf.constant(np.load(args.input).astype(np.float32))
     fn = tf.saved_model.load(args.saved_model).signatures[args.signature]
-    fn(**{args.input_name: x})
-    times = []
-    for _ in range(max(1, args.runs)):
-        start = time.perf_counter()
-        fn(**{args.input_name: x})["probabilities"].numpy()
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"median_s": float(np.median(times)), "times_s": times, "threads": args.threads}))
+    t = timings(lambda: fn(**{args.input_name: x})["probabilities"].numpy(), args.runs)
+    print(json.dumps({"median_s": t["median"], "timings": t, "threads": args.threads}))
     return 0
 
 

@@ -89,20 +89,27 @@ class Runner:
 
     def latency(self, x: np.ndarray, threads: int, runs: int, entry: str = "waveform") -> float | None:
         """Median seconds for `x` with `threads` threads (None where not measurable)."""
-        return _median_time(lambda: self.run_threads(entry, x, threads), runs)
+        return timings(lambda: self.run_threads(entry, x, threads), runs)["median"]
 
     def run_threads(self, entry: str, x: np.ndarray, threads: int) -> Any:
         raise NotImplementedError
 
 
-def _median_time(fn: Callable[[], Any], runs: int) -> float:
-    fn()  # warm-up (allocation, tracing)
+def timings(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median, p10, p90 and min of `repeats` timed calls of `fn` after `warmup` untimed ones, in seconds.
+
+    The one timing loop of the project: export latency, its SavedModel child and the benchmark.
+    """
+    for _ in range(warmup):  # allocation, tracing, XNNPACK weight packing
+        fn()
     times = []
-    for _ in range(runs):
+    for _ in range(max(1, repeats)):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    t = np.asarray(times)
+    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
+            "min": float(t.min()), "n": int(t.size)}
 
 
 class KerasRunner(Runner):
@@ -120,7 +127,7 @@ class KerasRunner(Runner):
     def latency(self, x: np.ndarray, threads: int, runs: int, entry: str = "waveform") -> float | None:
         if threads != _tf_threads():
             return None  # TensorFlow's pools are fixed for this process
-        return _median_time(lambda: self.run(entry, x), runs)
+        return timings(lambda: self.run(entry, x), runs)["median"]
 
 
 def _tf_threads() -> int:
@@ -149,7 +156,7 @@ class SavedModelRunner(Runner):
 
     def latency(self, x: np.ndarray, threads: int, runs: int, entry: str = "waveform") -> float | None:
         if threads == _tf_threads():
-            return _median_time(lambda: self.run(entry, x), runs)
+            return timings(lambda: self.run(entry, x), runs)["median"]
         if entry != "waveform":
             return None
         return latency_in_child(self.path, x, threads, runs)

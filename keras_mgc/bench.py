@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from export.verify import timings
 
 SAMPLE_RATE = 22050
 CLIP_SAMPLES = 30 * SAMPLE_RATE
@@ -75,20 +76,6 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timings(fn: Any, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median, p10, p90 and min of `repeats` timed calls after `warmup` calls, in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    t = np.asarray(times)
-    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
-            "min": float(t.min()), "n": int(t.size)}
 
 
 def _cpu_flags() -> set[str]:
@@ -170,7 +157,7 @@ def work_keras(job: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, x in (("clip", _audio(CLIP_SAMPLES)), ("tta", _audio(CROP, TTA_CROPS))):
         x = tf.constant(x)
-        out[name] = timings(lambda: fn(x).numpy(), job["repeats"])
+        out[name] = timings(lambda: fn(x).numpy(), job["repeats"], warmup=2)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -280,7 +267,7 @@ def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
         run = lambda x: runner.run_threads("waveform", x, threads)  # noqa: E731
     out = {}
     for name, x in (("clip", _audio(CLIP_SAMPLES)), ("tta", _audio(CROP, TTA_CROPS))):
-        out[name] = timings(lambda: run(x), job["repeats"])
+        out[name] = timings(lambda: run(x), job["repeats"], warmup=2)
     out["peak_rss_mb"] = peak_rss_mb()
     out["tensorflow_imported"] = "tensorflow" in sys.modules
     return out
