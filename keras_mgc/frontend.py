@@ -1,9 +1,15 @@
 """The log-mel front end, as a Keras layer that exports everywhere.
 
 It computes what the authors' torchaudio `MelSpectrogram` + `log(x + 1e-6)` + per-bin mean
-subtraction computes (DESIGN.md section 1), but the DFT is two real matrix products instead
-of `tf.signal.rfft`: tf2onnx cannot convert rfft followed by anything but ComplexAbs, while
-reshape, matmul, square and log convert to TFLite builtins and to ONNX alike.
+subtraction computes (DESIGN.md section 1). The spectrum comes from one of two paths
+(`spectrum=`), same numbers either way:
+
+- ``"fft"`` (default): windowed frames through a real 2048-point FFT (`tf.signal.rfft`), which
+  TensorFlow runs and the TFLite converter lowers to its builtin RFFT2D. About 35x fewer FLOPs
+  than the matmul, which dominated the small models' latency (BUILD_NOTES.md "FFT front end").
+- ``"matmul"``: the DFT as two real matrix products over the 512 non-zero window samples, for
+  targets that cannot take an FFT: tf2onnx 1.17 cannot convert rfft followed by anything but
+  ComplexAbs, while reshape, matmul, square and log convert to ONNX (and TFLite) alike.
 
 Framing trick: torch.stft centres a `win_length` window inside `n_fft` and frames the
 reflect-padded signal every `hop_length` samples. Only the `win_length` windowed samples
@@ -44,6 +50,8 @@ from keras import ops
 
 #: How LogMelSpectrogram holds its DFT and mel tables (see the module docstring).
 TABLE_MODES = ("constant", "runtime", "runtime_split16")
+#: How LogMelSpectrogram computes the spectrum (see the module docstring).
+SPECTRUM_MODES = ("fft", "matmul")
 
 
 def hz_to_mel_htk(freq: np.ndarray | float) -> np.ndarray:
@@ -73,16 +81,28 @@ def mel_filterbank(
     return np.maximum(0.0, np.minimum(down, up))
 
 
-def dft_tables(n_fft: int, win_length: int, bins: slice) -> np.ndarray:
-    """Windowed DFT as one real matrix (win_length, 2 * n_bins): [cos | sin] columns.
+def dft_tables(n_fft: int, win_length: int, bins: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed DFT folded on the window's symmetry: (cos table (half+1, n_bins), sin table (half-1, n_bins)).
 
-    Periodic Hann of `win_length` folded in; rows are the non-zero window samples only.
+    Sample m of the frame relative to its centre (m = n - win/2) has phase 2 pi k m / n_fft
+    (the offset from the zero padding is a per-bin phase, invisible in the power). The periodic
+    Hann is symmetric about the centre and zero at m = -win/2, so with e[m] = y[m] + y[-m] and
+    o[m] = y[m] - y[-m] (m = 1 .. win/2 - 1):
+    Re X[k] = y[0] w[0] + sum_m e[m] w[m] cos(.),  Im X[k] = -sum_m o[m] w[m] sin(.),
+    half the multiply-adds of the unfolded table. Row 0 of the cos table is the centre sample.
     """
-    n = np.arange(win_length, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)  # periodic Hann (torch.hann_window)
+    half = win_length // 2
+    window = periodic_hann(win_length)[half:]  # w at m = 0 .. half - 1
     k = np.arange(n_fft // 2 + 1, dtype=np.float64)[bins]
-    phase = 2.0 * np.pi * np.outer(n, k) / n_fft
-    return np.concatenate([window[:, None] * np.cos(phase), window[:, None] * np.sin(phase)], axis=1)
+    m = np.arange(half, dtype=np.float64)
+    phase = 2.0 * np.pi * np.outer(m, k) / n_fft
+    return window[:, None] * np.cos(phase), -(window[:, None] * np.sin(phase))[1:]
+
+
+def periodic_hann(win_length: int) -> np.ndarray:
+    """torch.hann_window(win_length) (periodic), float64."""
+    n = np.arange(win_length, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
 
 
 def subtract_time_mean(features: Any) -> Any:
@@ -111,6 +131,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         mean_normalize: bool = True,
         dft_precision: str = "float64",
         table_mode: str = "constant",
+        spectrum: str = "fft",
         **kwargs: Any,
     ) -> None:
         kwargs["dtype"] = "float32"
@@ -119,6 +140,8 @@ class LogMelSpectrogram(keras.layers.Layer):
             raise ValueError(f"dft_precision must be 'float32' or 'float64', got {dft_precision!r}")
         if table_mode not in TABLE_MODES:
             raise ValueError(f"table_mode must be one of {TABLE_MODES}, got {table_mode!r}")
+        if spectrum not in SPECTRUM_MODES:
+            raise ValueError(f"spectrum must be one of {SPECTRUM_MODES}, got {spectrum!r}")
         if win_length != 2 * hop_length or win_length > n_fft:
             raise ValueError(
                 f"LogMelSpectrogram needs win_length == 2 * hop_length <= n_fft, got "
@@ -135,13 +158,18 @@ class LogMelSpectrogram(keras.layers.Layer):
         self.mean_normalize = mean_normalize
         self.dft_precision = dft_precision
         self.table_mode = table_mode
+        self.spectrum = spectrum
 
         fbank = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
         used = np.flatnonzero(fbank.any(axis=1))  # DFT bins that some filter uses
         bins = slice(int(used[0]), int(used[-1]) + 1)
         self._n_bins = bins.stop - bins.start
         # Constants, not weights: they are the definition of the feature, never trained.
-        self._dft = dft_tables(n_fft, win_length, bins).astype(dft_precision)
+        self._bins = bins
+        if spectrum == "matmul":
+            self._dft_cos, self._dft_sin = (t.astype(dft_precision) for t in dft_tables(n_fft, win_length, bins))
+        else:
+            self._window = periodic_hann(win_length).astype(dft_precision)
         self._fbank = fbank[bins].astype("float32")
 
     def _table(self, table: np.ndarray, waveform: Any) -> Any:
@@ -161,9 +189,19 @@ class LogMelSpectrogram(keras.layers.Layer):
         n_frames = ops.shape(waveform)[1] // hop + 1
         padded = ops.pad(waveform, [[0, 0], [hop, hop]], mode="reflect")
         blocks = ops.reshape(padded[:, : (n_frames + 1) * hop], [ops.shape(waveform)[0], n_frames + 1, hop])
-        frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
-        spec = ops.matmul(frames, self._table(self._dft, waveform))
-        real, imag = spec[..., : self._n_bins], spec[..., self._n_bins :]
+        if self.spectrum == "matmul":
+            # Frame t is blocks t and t+1; its centre is the first sample of block t+1.
+            before, after = ops.flip(blocks[:, :-1, 1:], axis=-1), blocks[:, 1:, 1:]  # y[-m], y[m], m >= 1
+            even = ops.concatenate([blocks[:, 1:, :1], after + before], axis=-1)
+            real = ops.matmul(even, self._table(self._dft_cos, waveform))
+            imag = ops.matmul(after - before, self._table(self._dft_sin, waveform))
+        else:
+            frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
+            # The window's samples sit at the start of the n_fft buffer instead of its centre:
+            # a phase shift per bin, which the power does not see.
+            real, imag = ops.rfft(frames * self._table(self._window, waveform), fft_length=self.n_fft)
+            start, stop = self._bins.start, self._bins.stop
+            real, imag = real[..., start:stop], imag[..., start:stop]
         power = ops.cast(real * real + imag * imag, "float32")
         mel = ops.matmul(power, self._table(self._fbank, waveform))
         logmel = ops.log(mel + self.log_offset)
@@ -175,8 +213,15 @@ class LogMelSpectrogram(keras.layers.Layer):
         return (input_shape[0], frames, self.n_mels)
 
     def flops_per_frame(self) -> int:
-        """Multiply-adds x2 of the DFT and mel products for one frame (for FLOP counts)."""
-        return 2 * self.win_length * 2 * self._n_bins + 3 * self._n_bins + 2 * self._n_bins * self.n_mels
+        """FLOPs of the spectrum, power and mel product for one frame (for FLOP counts).
+
+        A real FFT of n points counts as 2.5 n log2 n (half the classic 5 n log2 n of a complex one).
+        """
+        if self.spectrum == "matmul":
+            spectrum = self.win_length + 2 * self.win_length * self._n_bins  # folding, then two half tables
+        else:
+            spectrum = self.win_length + int(2.5 * self.n_fft * np.log2(self.n_fft))
+        return spectrum + 3 * self._n_bins + 2 * self._n_bins * self.n_mels
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -192,6 +237,7 @@ class LogMelSpectrogram(keras.layers.Layer):
             mean_normalize=self.mean_normalize,
             dft_precision=self.dft_precision,
             table_mode=self.table_mode,
+            spectrum=self.spectrum,
         )
         config.pop("dtype", None)
         return config

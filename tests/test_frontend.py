@@ -18,6 +18,10 @@ CLIPS = sorted(
 )
 
 
+#: Where the float32 DFT was worst (BUILD_NOTES.md, "front-end precision").
+WORST_FLOAT32 = ["rock/rock.00007", "hiphop/hiphop.00003", "hiphop/hiphop.00004", "blues/blues.00006"]
+
+
 @pytest.fixture(scope="module")
 def frontend() -> LogMelSpectrogram:
     return LogMelSpectrogram()
@@ -33,13 +37,35 @@ def test_logmel_matches_reference_on_real_gtzan(shared_data, frontend, clip):
     assert np.abs(ours - ref).max() < 1e-4
 
 
-def test_float32_dft_is_within_its_documented_bound(shared_data):
-    """The export front end (float32 DFT) is off by at most ~2.3e-4 in the loudest-frame top bins."""
-    audio, _ = sf.read(shared_data / "gtzan-mini" / "rock" / "rock.00007.wav", dtype="float64")
-    ours = np.asarray(LogMelSpectrogram(dft_precision="float32")(audio[None].astype("float32")))[0]
+@pytest.mark.parametrize("clip", WORST_FLOAT32)
+def test_folded_matmul_dft_matches_reference_in_float64(shared_data, clip):
+    """The matmul path (ONNX, TFLite) computes the same spectrum as the FFT path."""
+    audio, _ = sf.read(shared_data / "gtzan-mini" / f"{clip}.wav", dtype="float64")
+    ours = np.asarray(LogMelSpectrogram(spectrum="matmul")(audio[None].astype("float32")))[0]
+    assert np.abs(ours - reference_logmel(audio)).max() < 1e-4
+
+
+@pytest.mark.parametrize("clip", WORST_FLOAT32)
+def test_float32_dft_is_within_its_documented_bound(shared_data, clip):
+    """The export front end (float32 folded DFT) is off by at most ~1.8e-4 in the loudest-frame top bins."""
+    audio, _ = sf.read(shared_data / "gtzan-mini" / f"{clip}.wav", dtype="float64")
+    ours = np.asarray(LogMelSpectrogram(dft_precision="float32", spectrum="matmul")(audio[None].astype("float32")))[0]
     err = np.abs(ours - reference_logmel(audio))
-    assert err.max() < 5e-4
+    assert err.max() < 2.5e-4
     assert np.median(err) < 1e-5
+
+
+def test_fft_and_matmul_paths_agree_on_any_length():
+    rng = np.random.default_rng(7)
+    for n in (600, 44356, 44357):
+        audio = (rng.standard_normal((2, n)) * 0.3).astype("float32")
+        fft = np.asarray(LogMelSpectrogram(spectrum="fft")(audio))
+        matmul = np.asarray(LogMelSpectrogram(spectrum="matmul")(audio))
+        np.testing.assert_allclose(fft, matmul, atol=1e-6)
+
+
+def test_fft_front_end_counts_far_fewer_flops():
+    assert LogMelSpectrogram(spectrum="matmul").flops_per_frame() > 5 * LogMelSpectrogram().flops_per_frame()
 
 
 @pytest.mark.parametrize("n", [1025, 4096, 5000, 44356, 66150])
@@ -85,3 +111,5 @@ def test_bad_parameters_are_rejected():
         LogMelSpectrogram(win_length=400, hop_length=256)
     with pytest.raises(ValueError, match="dft_precision"):
         LogMelSpectrogram(dft_precision="float16")
+    with pytest.raises(ValueError, match="spectrum must be one of"):
+        LogMelSpectrogram(spectrum="dct")

@@ -9,18 +9,25 @@ import tensorflow as tf
 from keras_mgc.frontend import LogMelSpectrogram
 
 
-def _frontend_function(precision: str) -> tf.types.experimental.ConcreteFunction:
-    layer = LogMelSpectrogram(dft_precision=precision)
+def _frontend_function(precision: str, spectrum: str = "matmul") -> tf.types.experimental.ConcreteFunction:
+    layer = LogMelSpectrogram(dft_precision=precision, spectrum=spectrum)
     fn = tf.function(lambda w: layer(w), autograph=False)
     return layer, fn.get_concrete_function(tf.TensorSpec((1, None), tf.float32, name="waveform"))
 
 
-def test_float32_frontend_converts_to_tflite_builtins():
+@pytest.mark.parametrize("spectrum", ["matmul", "fft"])
+def test_float32_frontend_converts_to_tflite_builtins(spectrum):
+    """Both spectrum paths run on builtins (the FFT as RFFT2D); the artifacts use the faster matmul."""
     interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
-    layer, concrete = _frontend_function("float32")
+    from export.tflite import non_builtin_ops, op_counts
+
+    layer, concrete = _frontend_function("float32", spectrum)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], layer)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops allowed
-    interpreter = interpreter_mod.Interpreter(model_content=converter.convert())
+    flatbuffer = converter.convert()
+    assert not non_builtin_ops(flatbuffer)
+    assert ("RFFT2D" in op_counts(flatbuffer)) == (spectrum == "fft")
+    interpreter = interpreter_mod.Interpreter(model_content=flatbuffer)
     audio = (np.random.default_rng(0).standard_normal((1, 30000)) * 0.1).astype("float32")
     inp = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(inp["index"], audio.shape)
@@ -34,7 +41,7 @@ def test_float32_frontend_converts_to_tflite_builtins():
 def test_frontend_converts_to_onnx():
     tf2onnx = pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
-    layer, concrete = _frontend_function("float32")
+    layer, concrete = _frontend_function("float32", "matmul")
     spec = (tf.TensorSpec((1, None), tf.float32, name="waveform"),)
     proto, _ = tf2onnx.convert.from_function(
         tf.function(lambda w: layer(w), autograph=False), input_signature=spec, opset=17
