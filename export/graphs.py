@@ -14,6 +14,9 @@ Front-end precision per artifact (BUILD_NOTES.md, "Export"): the reference is th
 with its float64 DFT. SavedModel keeps float64 (TensorFlow runs it; identical to Keras, ~3%
 slower). TFLite has no float64 matmul and ONNX Runtime's float64 matmul made the whole
 small model 3x slower for no measurable gain (1.6e-6 vs 1.5e-6), so both use float32.
+SavedModel computes the spectrum with an FFT (TensorFlow's rfft); TFLite and ONNX with the
+folded DFT matmul (`spectrum="matmul"`): TFLite's RFFT2D ran slower than the matmul and
+tf2onnx 1.17 cannot convert rfft with a dynamic length (BUILD_NOTES.md "FFT front end").
 
 Quantised TFLite models must keep the front end in float: int8 audio frames or int8 powers
 wipe out the quiet mel bins. The converter offers no per-op opt-out for dynamic-range
@@ -57,12 +60,14 @@ class ServingModels:
     def embedding_size(self) -> int:
         return int(self.model.get_layer("backbone").output_shape[-1])
 
-    def waveform(self, dft_precision: str = "float64", table_mode: str = "constant") -> keras.Model:
-        """waveform -> {"logits", "embedding"} with the given front-end precision."""
+    def waveform(self, dft_precision: str = "float64", table_mode: str = "constant",
+                 spectrum: str = "fft") -> keras.Model:
+        """waveform -> {"logits", "embedding"} with the given front-end precision and spectrum path."""
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
         try:
-            return with_input(self.model, "waveform", self.cfg, dft_precision=dft_precision, table_mode=table_mode)
+            return with_input(self.model, "waveform", self.cfg, dft_precision=dft_precision, table_mode=table_mode,
+                              spectrum=spectrum)
         finally:
             keras.mixed_precision.set_global_policy(previous)
 

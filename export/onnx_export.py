@@ -23,7 +23,7 @@ def convert(models: ServingModels, entry: str, opset: int = OPSET, dft_precision
     import tf2onnx
 
     if entry == "waveform":
-        graph = models.waveform(dft_precision)
+        graph = models.waveform(dft_precision, spectrum="matmul")  # tf2onnx 1.17 cannot convert rfft here
         spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
     else:
         graph = models.mel()

@@ -41,6 +41,10 @@ PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
 #: Front-end table mode per precision (see keras_mgc.frontend.LogMelSpectrogram table_mode).
 TABLE_MODE = {"float32": "constant", "float16": "runtime_split16", "dynamic_int8": "runtime", "int8": "runtime"}
 
+#: The front end's spectrum path in every TFLite artifact: the folded DFT matmul ran faster
+#: under XNNPACK than the builtin RFFT2D (BUILD_NOTES.md "FFT front end").
+SPECTRUM = "matmul"
+
 #: Layers (Keras name scopes) that full int8 keeps in float.
 INT8_FLOAT_SCOPES = ("frontend", "pooling", "head")
 
@@ -117,7 +121,7 @@ def _write_temp_saved_model(models: ServingModels, table_mode: str, directory: P
     import keras
     import tensorflow as tf
 
-    wave, mel = models.waveform("float32", table_mode=table_mode), models.mel()
+    wave, mel = models.waveform("float32", table_mode=table_mode, spectrum=SPECTRUM), models.mel()
     archive = keras.export.ExportArchive()
     archive.track(wave)
     archive.track(mel)

@@ -29,6 +29,7 @@ class TestModel:
     path: Path
     class_names: list[str]
     keras_model: object  # keras.Model waveform -> {"probabilities", "embedding"}
+    models: object = None  # export.graphs.ServingModels sharing the trained weights
 
     def keras_probabilities(self, windows: np.ndarray) -> np.ndarray:
         return np.asarray(self.keras_model(np.asarray(windows, np.float32), training=False)["probabilities"])
@@ -79,10 +80,10 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
     # The exporter's own conversion (SavedModel through ExportArchive, then TFLite builtins),
     # with its float32-DFT serving graph sharing the trained weights.
     from export.graphs import ServingModels, probabilities_and_embedding
-    from export.tflite import TFLiteConverter
+    from export.tflite import SPECTRUM, TFLiteConverter
 
     models = ServingModels(model=model, cfg=cfg, num_classes=len(GENRES))
-    waveform = models.waveform("float32")
+    waveform = models.waveform("float32", spectrum=SPECTRUM)  # the TFLite artifacts' front end
     inputs = keras.Input((None,), name="waveform")
     serving = keras.Model(inputs, probabilities_and_embedding(waveform(inputs)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
     path = out_dir / "model_float32.tflite"
     path.write_bytes(flatbuffer)
     write_metadata(path, GENRES)
-    return TestModel(path=path, class_names=list(GENRES), keras_model=serving)
+    return TestModel(path=path, class_names=list(GENRES), keras_model=serving, models=models)
 
 
 def write_metadata(model_path: Path, class_names: list[str], **extra) -> None:

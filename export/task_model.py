@@ -1,0 +1,119 @@
+"""Task-ready TFLite: the model MediaPipe Tasks' `AudioClassifier` loads as it is.
+
+`tflite/model_task_<precision>.tflite` (float32 and dynamic_int8): one subgraph, one input
+``waveform`` float32 [1, window] of raw mono audio at the model's sample rate (window = the
+training crop unless told otherwise), one output ``probabilities`` float32 [1, n_classes], and
+TFLite Model Metadata (export/tflite_metadata.py) naming the sample rate, the channel count and
+the labels file. MediaPipe cuts the audio into windows of exactly that many samples itself
+(resampling to the metadata's rate first), so the window is fixed; the general artifacts
+(`model_<precision>.tflite`) keep resizable batch and length for the project's own tagger.
+
+The signature keeps the export contract's names (``serving_default``, ``waveform``,
+``probabilities``), so `keras_mgc.tag` and the export verification run the file too. The front
+end is the same as the other TFLite artifacts' (float32 folded DFT matmul, tables out of the
+constant pool for dynamic-range int8).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from export import ExportError
+from export.graphs import ServingModels
+from export.tflite import SPECTRUM, TABLE_MODE, non_builtin_ops
+from export.tflite_metadata import AudioClassifierMetadata, attach
+
+#: Precisions written as task models: what phones run (float16 and full int8 bring no speed
+#: over these two on the CPU delegate, BENCHMARKS.md).
+TASK_PRECISIONS = ("float32", "dynamic_int8")
+
+
+def task_filename(precision: str) -> str:
+    return f"model_task_{precision}.tflite"
+
+
+def convert_task(models: ServingModels, precision: str, window: int) -> bytes:
+    """The bare (metadata-free) fixed-window flatbuffer for `precision`."""
+    import keras
+    import tensorflow as tf
+
+    if precision not in TASK_PRECISIONS:
+        raise ExportError(f"task models are built for {', '.join(TASK_PRECISIONS)}, not {precision!r}")
+    min_window = 2 * models.cfg.frontend.hop_length
+    if window <= min_window:
+        raise ExportError(f"task window of {window} samples is too short (the front end needs > {min_window})")
+    graph = models.waveform("float32", table_mode=TABLE_MODE[precision], spectrum=SPECTRUM)
+    with tempfile.TemporaryDirectory(prefix="keras-mgc-task-") as tmp:
+        archive = keras.export.ExportArchive()
+        archive.track(graph)
+        archive.add_endpoint(
+            "serving_default",
+            lambda waveform: {"probabilities": keras.ops.softmax(graph(waveform, training=False)["logits"], axis=-1)},
+            input_signature=[tf.TensorSpec([1, window], tf.float32, name="waveform")])
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if precision == "dynamic_int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        flatbuffer = converter.convert()
+    custom = non_builtin_ops(flatbuffer)
+    if custom:
+        raise ExportError(f"task model needs non-builtin ops {custom}; builtins only are allowed")
+    return flatbuffer
+
+
+def task_metadata(name: str, class_names: list[str], sample_rate: int, window: int, version: int,
+                  description: str = "", author: str = "", license: str = "") -> AudioClassifierMetadata:
+    seconds = window / sample_rate
+    return AudioClassifierMetadata(
+        name=name,
+        labels=list(class_names),
+        sample_rate=sample_rate,
+        channels=1,
+        description=description or (
+            f"Music genre classifier (keras-mgc, ECAPA-TDNN): {len(class_names)} genres from "
+            f"{window} samples ({seconds:.2f} s) of mono audio at {sample_rate} Hz."),
+        version=str(version),
+        author=author,
+        license=license,
+        input_name="waveform",
+        input_description=f"Mono float32 audio in [-1, 1] at {sample_rate} Hz, {window} samples.",
+        output_name="probabilities",
+        output_description="Softmax probability of each genre (labels.txt order).",
+    )
+
+
+def build_task_model(models: ServingModels, precision: str, window: int, meta: AudioClassifierMetadata) -> bytes:
+    """The task-ready model: the fixed-window flatbuffer with its metadata and labels attached."""
+    flatbuffer = attach(convert_task(models, precision, window), meta)
+    check_task_contract(flatbuffer, len(meta.labels), window)
+    return flatbuffer
+
+
+def check_task_contract(flatbuffer: bytes, num_classes: int, window: int) -> dict[str, Any]:
+    """Load in LiteRT: one subgraph, input [1, window] float32, output [1, n_classes] float32, metadata."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.tflite_metadata import read
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    signatures = interpreter.get_signature_list()
+    if signatures != {"serving_default": {"inputs": ["waveform"], "outputs": ["probabilities"]}}:
+        raise ExportError(f"task model signatures are {signatures}, expected serving_default: waveform -> probabilities")
+    if len(interpreter.get_input_details()) != 1 or len(interpreter.get_output_details()) != 1:
+        raise ExportError("a task model has exactly one input and one output tensor")
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    if inp["shape"].tolist() != [1, window] or inp["dtype"] != np.float32:
+        raise ExportError(f"task model input is {inp['dtype']} {inp['shape'].tolist()}, expected float32 [1, {window}]")
+    if out["shape"].tolist() != [1, num_classes]:
+        raise ExportError(f"task model output has shape {out['shape'].tolist()}, expected [1, {num_classes}]")
+    meta = read(flatbuffer)
+    if meta["labels"] is None or len(meta["labels"]) != num_classes:
+        raise ExportError(f"task model metadata lists {meta['labels']!r} as labels for {num_classes} classes")
+    audio = meta["subgraphs"][0]["inputs"][0].get("audio_properties")
+    return {"input_shape": [1, window], "output_shape": [1, num_classes], "audio_properties": audio,
+            "metadata_name": meta["name"], "labels_file": next(iter(meta["files"]), None)}
+
