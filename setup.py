@@ -20,8 +20,11 @@ EXPORT = [
     "onnx==1.23.2",
     "onnxruntime==1.32.0",
     "ai-edge-litert==2.3.0",
+    "flatbuffers==25.12.19",  # TFLite Model Metadata of the task-ready models (export/tflite_metadata.py)
 ]
-TESTS = ["pytest==9.2.0", "hypothesis==6.170.17"]
+# mediapipe: tests/test_mediapipe.py loads the task-ready models in its AudioClassifier; it
+# installs beside TensorFlow 2.21 without conflicts (BUILD_NOTES.md "Task-ready TFLite").
+TESTS = ["pytest==9.2.0", "hypothesis==6.170.17", "mediapipe==1.2.2"]
 
 setup(
     name="keras-mgc",

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=_agreements, default=None,
                    help="override minimum top-1 agreement, e.g. int8=0.9,float16=0.99")
     p.add_argument("--top-k", type=int, default=3, help="class names returned by the SavedModel (default 3)")
+    p.add_argument("--task-precisions", default="float32,dynamic_int8",
+                   help="task-ready TFLite for MediaPipe's AudioClassifier (tflite/model_task_<p>.tflite), for "
+                        "these of float32,dynamic_int8 that --tflite-precisions also names; 'none' for none")
+    p.add_argument("--task-window", type=int, metavar="SAMPLES",
+                   help="the task model's fixed input length in samples (default: the training crop)")
     return p
 
 
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--formats is empty")
     for name, value in (("--eval-clips", args.eval_clips - 1), ("--latency-runs", args.latency_runs),
                         ("--eval-crops-per-clip", args.eval_crops_per_clip), ("--top-k", args.top_k - 1),
-                        ("--representative-crops", args.representative_crops - 1)):
+                        ("--representative-crops", args.representative_crops - 1),
+                        ("--task-window", 1 if args.task_window is None else args.task_window - 1)):
         if value < 0:
             return fail(f"{name} is too small")
 
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             latency_runs=args.latency_runs, top_k=args.top_k,
             max_abs_diff=verify.MAX_ABS_DIFF if args.max_abs_diff is None else args.max_abs_diff,
             min_agreement=min_agreement, command=run_mod.command_line(argv),
+            task_precisions=() if args.task_precisions.strip() == "none" else tuple(_csv(args.task_precisions)),
+            task_window=args.task_window,
         )
         if args.latency_threads:
             opts.latency_threads = tuple(args.latency_threads)

@@ -51,6 +51,10 @@ class ExportOptions:
     max_abs_diff: float = verify.MAX_ABS_DIFF
     min_agreement: dict[str, float] = field(default_factory=lambda: dict(verify.MIN_AGREEMENT))
     top_k: int = 3
+    #: Task-ready TFLite (MediaPipe AudioClassifier) for these of the TFLite precisions, and its
+    #: fixed window in samples (None: the training crop).
+    task_precisions: tuple[str, ...] = ("float32", "dynamic_int8")
+    task_window: int | None = None
     command: str = ""
 
 
@@ -191,6 +195,11 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
     reference = verify.KerasRunner(models.waveform("float64"), models.mel())
     inputs = verify.EvalInputs.build(evaluation, src.crop_samples, opts.eval_crops_per_clip, models.log_mel)
     ref_out = {entry: verify.run_all(reference, inputs, entry) for entry in ("waveform", "mel")}
+    if _task_precisions(opts):
+        inputs.set_windows(_task_window(opts))
+        if inputs.windows is None:
+            raise ExportError(f"no evaluation clip is as long as the task window ({_task_window(opts)} samples)")
+        ref_out["window"] = verify.run_all(reference, inputs, "window")
     latency_x, latency_desc = verify.latency_clip(evaluation, src.sample_rate)
 
     staging = publish.Staging(opts.out)
@@ -217,6 +226,22 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
         raise
     skipped = len(evaluation.skipped) + len(representative.skipped)
     return ExportResult(passed=passed, location=location, report=report, skipped_inputs=skipped)
+
+
+def _task_window(opts: ExportOptions) -> int:
+    return int(opts.task_window or opts.source.crop_samples)
+
+
+def _task_precisions(opts: ExportOptions) -> list[str]:
+    """Task-ready models to build: those of the requested TFLite precisions that have one."""
+    from export.task_model import TASK_PRECISIONS
+
+    if "tflite" not in opts.formats:
+        return []
+    unknown = set(opts.task_precisions) - set(TASK_PRECISIONS)
+    if unknown:
+        raise ExportError(f"task models exist for {', '.join(TASK_PRECISIONS)}, not {sorted(unknown)}")
+    return [p for p in opts.task_precisions if p in opts.tflite_precisions]
 
 
 def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipSet, stage: Path, model_name: str,
@@ -275,6 +300,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
         finally:
             converter.close()
             shutil.rmtree(stage / ".tflite-work", ignore_errors=True)
+        artifacts += _build_task_models(opts, models, stage, model_name, log)
 
     if "onnx" in opts.formats:
         from export import onnx_export
@@ -295,6 +321,29 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
     return artifacts
 
 
+def _build_task_models(opts: ExportOptions, models: Any, stage: Path, model_name: str,
+                       log: Callable[[str], None]) -> list[Artifact]:
+    """model_task_<precision>.tflite: fixed window, probabilities only, TFLite Model Metadata (MediaPipe)."""
+    from export import task_model
+
+    src, window, out = opts.source, _task_window(opts), []
+    meta = task_model.task_metadata(model_name, src.class_names, src.sample_rate, window, opts.version)
+    for precision in _task_precisions(opts):
+        art = Artifact(f"tflite/{task_model.task_filename(precision)}", "tflite_task", precision, ("window",))
+        log(f"building {art.name}")
+        try:
+            flatbuffer = task_model.build_task_model(models, precision, window, meta)
+            art.details.update(task_model.check_task_contract(flatbuffer, len(src.class_names), window))
+            art.path = stage / art.name
+            publish.write_bytes(art.path, flatbuffer)
+            art.runner = verify.TFLiteTaskRunner(art.path, window, threads=1)
+        except Exception as exc:
+            art.error = _err(exc)
+            log(f"FAILED {art.name}: {art.error}")
+        out.append(art)
+    return out
+
+
 def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref_out: dict[str, Any],
               latency_x: np.ndarray, models: Any, log: Callable[[str], None]) -> None:
     log(f"verifying {art.name}")
@@ -302,7 +351,8 @@ def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref
     try:
         for entry in art.entries:
             out = verify.run_all(art.runner, inputs, entry)
-            art.results[entry] = verify.compare(ref_out[entry], out, inputs.n_whole)
+            n_whole = inputs.n_whole_windows if entry == "window" else inputs.n_whole
+            art.results[entry] = verify.compare(ref_out[entry], out, n_whole)
             if art.fmt == "saved_model" and entry == "waveform":
                 art.results[entry]["top_classes_match"] = _check_top_classes(art, inputs, opts.source.class_names)
         art.failures = verify.check(art.results, art.thresholds)
@@ -310,7 +360,7 @@ def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref
             art.failures.append("top_classes do not name the classes of the highest probabilities")
         if opts.latency_runs > 0:
             entry = art.entries[0]
-            x = latency_x if entry == "waveform" else models.log_mel(latency_x)
+            x = models.log_mel(latency_x) if entry == "mel" else latency_x  # task models: window by window
             art.latency_ms = verify.measure_latency(art.runner, x, list(opts.latency_threads), opts.latency_runs,
                                                     entry)
     except Exception as exc:
@@ -395,6 +445,10 @@ def _write_metadata(art: Artifact, src: ExportSource, models: Any, report: dict[
             }
     elif art.fmt == "tflite":
         entry_points = {"serving_default": specs["waveform"], "mel": specs["mel"]}
+    elif art.fmt == "tflite_task":
+        from export.task_model import task_io_spec
+
+        entry_points = {"serving_default": task_io_spec(specs["waveform"], art.details["input_shape"][1])}
     else:
         entry_points = {art.entries[0]: specs[art.entries[0]]}
     verification = {"passed": art.passed, "thresholds": art.thresholds, "entries": art.results,

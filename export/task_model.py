@@ -93,6 +93,16 @@ def build_task_model(models: ServingModels, precision: str, window: int, meta: A
     return flatbuffer
 
 
+def task_io_spec(waveform_spec: dict[str, Any], window: int) -> dict[str, Any]:
+    """The side-file description of a task model's entry point, from the waveform entry point's."""
+    inp = dict(waveform_spec["input"])
+    inp.update(shape=[1, window], min_samples=window,
+               description=f"exactly {window} samples of mono float32 audio in [-1, 1] at {inp['sample_rate']} Hz")
+    probabilities = dict(waveform_spec["outputs"]["probabilities"])
+    probabilities["shape"] = [1, probabilities["shape"][-1]]
+    return {"input": inp, "outputs": {"probabilities": probabilities}}
+
+
 def check_task_contract(flatbuffer: bytes, num_classes: int, window: int) -> dict[str, Any]:
     """Load in LiteRT: one subgraph, input [1, window] float32, output [1, n_classes] float32, metadata."""
     from ai_edge_litert.interpreter import Interpreter

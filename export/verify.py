@@ -49,6 +49,17 @@ class EvalInputs:
     crops: list[tuple[str, np.ndarray]]  # (name, (crop,))
     mel_whole: list[np.ndarray] = field(default_factory=list)
     mel_crops: np.ndarray | None = None
+    #: Fixed-length windows for task-ready models (`set_windows`): whole clips' first windows, then crops.
+    windows: np.ndarray | None = None
+    n_whole_windows: int = 0
+
+    def set_windows(self, window: int) -> None:
+        """The inputs of a fixed-window (task-ready) model: each whole clip's first `window` samples,
+        then the crops when they have that length."""
+        firsts = [x[0, :window] for _, x in self.whole if x.shape[1] >= window]
+        crops = [c for _, c in self.crops if len(c) == window]
+        self.n_whole_windows = len(firsts)
+        self.windows = np.stack(firsts + crops).astype(np.float32) if firsts or crops else None
 
     @classmethod
     def build(cls, clip_set: ClipSet, crop: int, crops_per_clip: int, log_mel: Callable[[np.ndarray], np.ndarray]
@@ -61,7 +72,9 @@ class EvalInputs:
 
     def batches(self, entry: str) -> list[np.ndarray]:
         """Inputs of `entry` ("waveform" or "mel"): whole clips one by one, then crops in batches."""
-        if entry == "waveform":
+        if entry == "window":
+            out, stacked = [], self.windows
+        elif entry == "waveform":
             out = [x for _, x in self.whole]
             stacked = np.stack([c for _, c in self.crops]) if self.crops else None
         else:
@@ -120,7 +133,7 @@ class KerasRunner(Runner):
     def run(self, entry: str, x: np.ndarray) -> dict[str, np.ndarray]:
         from keras import ops
 
-        out = self.models[entry](x, training=False)
+        out = self.models["waveform" if entry == "window" else entry](x, training=False)  # windows are waveforms
         return {"probabilities": np.asarray(ops.softmax(out["logits"], axis=-1)),
                 "embedding": np.asarray(out["embedding"])}
 
@@ -205,6 +218,41 @@ class TFLiteRunner(Runner):
         return self.run_threads(entry, x, self.threads)
 
 
+class TFLiteTaskRunner(Runner):
+    """A task-ready model (export.task_model): input [1, window], output probabilities only.
+
+    A batch of windows runs row by row; a longer input (the 30 s latency clip) runs as
+    MediaPipe's AudioClassifier runs it: consecutive windows, the last one zero-padded, and
+    the probabilities averaged. Entry "window" and "waveform" are the same input here.
+    """
+
+    def __init__(self, path: Path, window: int, threads: int = 1) -> None:
+        self.path = Path(path)
+        self.window = window
+        self.threads = threads
+        self.label = self.path.name
+        self._runners: dict[int, Any] = {}
+
+    def run_threads(self, entry: str, x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+        from ai_edge_litert.interpreter import Interpreter
+
+        if threads not in self._runners:
+            interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            self._runners[threads] = interpreter.get_signature_runner("serving_default")
+        runner = self._runners[threads]
+        rows = []
+        for row in np.asarray(x, np.float32):
+            n = max(1, -(-len(row) // self.window))
+            padded = np.zeros(n * self.window, np.float32)
+            padded[: len(row)] = row
+            probs = [runner(waveform=w[None])["probabilities"][0] for w in padded.reshape(n, self.window)]
+            rows.append(np.mean(probs, axis=0))
+        return {"probabilities": np.stack(rows)}
+
+    def run(self, entry: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run_threads(entry, x, self.threads)
+
+
 class ONNXRunner(Runner):
     def __init__(self, paths: dict[str, Path], threads: int = 1) -> None:
         self.paths = {k: Path(v) for k, v in paths.items()}
@@ -239,7 +287,7 @@ class ONNXRunner(Runner):
 
 def run_all(runner: Runner, inputs: EvalInputs, entry: str) -> dict[str, np.ndarray]:
     outs = [runner.run(entry, x) for x in inputs.batches(entry)]
-    return {k: np.concatenate([o[k] for o in outs]) for k in ("probabilities", "embedding")}
+    return {k: np.concatenate([o[k] for o in outs]) for k in ("probabilities", "embedding") if k in outs[0]}
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], n_whole: int) -> dict[str, Any]:
@@ -249,7 +297,10 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
         raise ValueError(f"probabilities have shape {p.shape}, the reference {p_ref.shape}")
     diff = np.abs(p.astype(np.float64) - p_ref)
     agree = p.argmax(-1) == p_ref.argmax(-1)
-    e_ref, e = reference["embedding"].astype(np.float64), candidate["embedding"].astype(np.float64)
+    e_ref = reference["embedding"].astype(np.float64)
+    # Task-ready models output probabilities only: their embedding comparison is left out.
+    e = candidate["embedding"].astype(np.float64) if "embedding" in candidate else e_ref
+    has_embedding = "embedding" in candidate
     cosine = np.sum(e_ref * e, -1) / np.maximum(np.linalg.norm(e_ref, axis=-1) * np.linalg.norm(e, axis=-1), 1e-30)
     finite = bool(np.isfinite(p).all() and np.isfinite(e).all())
     parts = {"whole": slice(0, n_whole), "crops": slice(n_whole, None)}
@@ -265,8 +316,8 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
                    "top1_agreement": float(agree[s].mean()) if len(agree[s]) else None}
             for name, s in parts.items()
         },
-        "embedding_max_abs_diff": float(np.abs(e - e_ref).max()) if finite else float("nan"),
-        "embedding_min_cosine": float(cosine.min()) if finite else float("nan"),
+        "embedding_max_abs_diff": (float(np.abs(e - e_ref).max()) if finite else float("nan")) if has_embedding else None,
+        "embedding_min_cosine": (float(cosine.min()) if finite else float("nan")) if has_embedding else None,
     }
 
 

@@ -1,7 +1,7 @@
 """Benchmarks: what keras-mgc costs to train and to run, on this machine, against its limit.
 
     python -m keras_mgc.bench [--quick] [--configs 8,15,small] [--out bench_results]
-        [--sections peak,flops,inference,training,pipeline] [--repeats 5]
+        [--sections peak,flops,inference,training,pipeline,frontend,tagging] [--repeats 5] [--song FILE]
 
 Every measurement runs in a fresh worker process (`--worker`), so thread counts are set
 before TensorFlow starts and peak memory (VmHWM) belongs to that measurement alone.
@@ -17,7 +17,14 @@ Sections:
   training steps, float32, plus mixed_bfloat16 where the CPU has BF16 units and
   mixed_float16 on a GPU; peak memory;
 - pipeline: crops per second out of the tf.data pipeline from audio files on disk, first
-  epoch (decoding included) and cached.
+  epoch (decoding included) and cached;
+- frontend: the log-mel front end alone on the 30 s clip, as Keras runs it (FFT, float64) and
+  as the TFLite artifacts run it (float32 folded DFT matmul), each beside the other spectrum
+  path for comparison (Keras: matmul; TFLite: the builtin RFFT2D); the report gives its share
+  of each configuration's latency measured in the same run (inference section);
+- tagging: whole-song tagging throughput (seconds of audio per second, decoding included) of
+  `keras_mgc.tag.Tagger` with every TFLite precision and the task-ready models (window 2.01 s,
+  hop 1 s), on `--song` (default: a generated 3-minute signal).
 
 `--quick` runs a tiny configuration only, with few repeats: a smoke test for CI. It
 asserts nothing about speed; numbers from a shared machine are for the record, ratios
@@ -58,6 +65,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 #: seconds for 16-crop TTA, training crops per second (batch 64).
 REFERENCE = {"8": {"clip_s": 0.55, "tta_s": 0.65, "train_crops_s": 6.5},
              "15": {"clip_s": 1.05, "tta_s": 1.21, "train_crops_s": 4.9}}
+#: Front-end timings: the path each runtime's models use first, then the other for comparison.
+FRONTEND_PATHS = {"keras": ("fft", "matmul"), "tflite_float32": ("matmul", "fft")}
 RUNTIMES = ("keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8", "onnx")
 
 
@@ -219,6 +228,54 @@ def work_pipeline(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def work_frontend(job: dict[str, Any]) -> dict[str, Any]:
+    """The front end alone on a 30 s clip in one runtime ("keras" or "tflite_float32") and spectrum path."""
+    import tensorflow as tf
+
+    from keras_mgc.frontend import LogMelSpectrogram
+
+    x = _audio(CLIP_SAMPLES)
+    if job["runtime"] == "keras":
+        layer = LogMelSpectrogram(spectrum=job["spectrum"])  # float64, as Keras trains and evaluates
+        fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None), tf.float32)], autograph=False)
+        return {"clip": timings(lambda: fn(x).numpy(), job["repeats"], warmup=2)}
+    from ai_edge_litert.interpreter import Interpreter
+
+    layer = LogMelSpectrogram(dft_precision="float32", spectrum=job["spectrum"])
+    concrete = tf.function(lambda w: layer(w), autograph=False).get_concrete_function(
+        tf.TensorSpec((None, None), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], layer)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=_threads(job["threads"]))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    return {"clip": timings(interpreter.invoke, job["repeats"], warmup=2)}
+
+
+def work_tagging(job: dict[str, Any]) -> dict[str, Any]:
+    """Seconds of audio tagged per second for one whole song, per TFLite artifact (keras_mgc.tag)."""
+    from keras_mgc.tag import Tagger
+
+    out = {}
+    for name, path in job["artifacts"].items():
+        if not (name.startswith("tflite_") or name.startswith("task_")):
+            continue
+        tagger = Tagger(path, threads=_threads(job["threads"]))
+        last = {}
+
+        def tag() -> None:
+            last["result"] = tagger.tag(job["song"])
+
+        t = timings(tag, job["repeats"], warmup=1)
+        duration = last["result"].duration
+        out[name] = {"seconds": t, "duration_s": duration, "windows": last["result"].windows,
+                     "audio_s_per_s": duration / t["median"]}
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
 def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
     """Export the configuration (random weights: latency does not depend on them) with `export`.
 
@@ -243,6 +300,7 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
     result = run_export(opts, log=lambda msg: None)
     files = {"saved_model": f"saved_model/bench_{job['config']}/1", "onnx": "onnx/model.onnx"}
     files.update({f"tflite_{p}": f"tflite/model_{p}.tflite" for p in ("float32", "float16", "dynamic_int8", "int8")})
+    files.update({f"task_{p}": f"tflite/model_task_{p}.tflite" for p in ("float32", "dynamic_int8")})
     out = {name: str(result.location / rel) for name, rel in files.items() if (result.location / rel).exists()}
     out["sizes_mb"] = {a["name"]: (a["size_bytes"] or 0) / 2**20 for a in result.report.get("artifacts", [])}
     return out
@@ -274,7 +332,8 @@ def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS = {"peak": work_peak, "flops": work_flops, "keras": work_keras, "training": work_training,
-           "pipeline": work_pipeline, "artifacts": work_artifacts, "runtime": work_runtime}
+           "pipeline": work_pipeline, "artifacts": work_artifacts, "runtime": work_runtime,
+           "frontend": work_frontend, "tagging": work_tagging}
 
 
 def run_worker(job: dict[str, Any], timeout: int = 3600) -> dict[str, Any]:
@@ -320,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--data-dir", help="audio folder for the pipeline section (default: generated clips)")
+    parser.add_argument("--song", help="audio file for the tagging section (default: a generated 3-minute signal)")
     parser.add_argument("--out", default="bench_results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -345,13 +405,20 @@ def main(argv: list[str] | None = None) -> int:
                            for t in thread_counts}
         print("float32 matmul peak: " + ", ".join(f"{t} thread(s) {_fmt(r.get('gflops'), 1)} GFLOP/s"
                                                   for t, r in results["peak"].items()), flush=True)
+    if "frontend" in sections:
+        results["frontend"] = _frontend(thread_counts, repeats)
     with tempfile.TemporaryDirectory(prefix="kmgc-bench-") as work:
+        song = args.song or (_generated_song(Path(work)) if "tagging" in sections else None)
         for name in configs:
             entry: dict[str, Any] = results["configs"].setdefault(name, {"model": CONFIGS[name]})
+            artifacts: dict[str, Any] = {}
             if "flops" in sections:
                 entry["flops"] = run_worker({"kind": "flops", "config": name})
             if "inference" in sections:
-                entry["inference"] = _inference(name, runtimes, thread_counts, repeats, work, args.data_dir)
+                entry["inference"] = _inference(name, runtimes, thread_counts, repeats, work, args.data_dir, artifacts)
+            if "tagging" in sections:
+                entry["tagging"] = _tagging(name, song, thread_counts, 2 if args.quick else 3, work, args.data_dir,
+                                            artifacts)
             if "training" in sections:
                 entry["training"] = _training(name, args.quick)
         if "pipeline" in sections:
@@ -365,18 +432,60 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _inference(name: str, runtimes: list[str], thread_counts: list[str], repeats: int, work: str,
-               data_dir: str | None) -> dict[str, Any]:
+def _artifacts(name: str, work: str, data_dir: str | None, cache: dict[str, Any]) -> dict[str, Any]:
+    """The configuration's exported artifacts (exported once per configuration and run)."""
+    if not cache:
+        cache.update(run_worker({"kind": "artifacts", "config": name, "work_dir": work, "data_dir": data_dir}))
+    return cache
+
+
+def _generated_song(work: Path, seconds: float = 180.0) -> str:
+    import soundfile as sf
+
+    path = work / "song.wav"
+    sf.write(path, _audio(int(seconds * SAMPLE_RATE))[0], SAMPLE_RATE)
+    return str(path)
+
+
+def _frontend(thread_counts: list[str], repeats: int) -> dict[str, Any]:
+    """Front-end latency per runtime, spectrum path and thread count (the same for every configuration)."""
     out: dict[str, Any] = {}
-    artifacts = None
+    for runtime, spectra in FRONTEND_PATHS.items():
+        for spectrum in spectra:
+            for threads in thread_counts:
+                res = run_worker({"kind": "frontend", "runtime": runtime, "spectrum": spectrum, "threads": threads,
+                                  "repeats": repeats})
+                out.setdefault(runtime, {}).setdefault(spectrum, {})[threads] = res
+                print(f"  front end {runtime:<15} {spectrum:<7} threads={threads:<3} " + (
+                    f"clip {_fmt(res['clip']['median'], 4)} s" if "clip" in res else f"error: {res.get('error')}"),
+                    flush=True)
+    return out
+
+
+def _tagging(name: str, song: str, thread_counts: list[str], repeats: int, work: str, data_dir: str | None,
+             artifacts: dict[str, Any]) -> dict[str, Any]:
+    paths = _artifacts(name, work, data_dir, artifacts)
+    if "error" in paths:
+        return {"error": f"artifacts: {paths['error']}"}
+    out = {}
+    for threads in thread_counts:
+        out[threads] = res = run_worker({"kind": "tagging", "song": song, "threads": threads, "repeats": repeats,
+                                         "artifacts": paths})
+        print(f"  {name} tagging threads={threads:<3} " + (", ".join(
+            f"{k} {v['audio_s_per_s']:.0f}x" for k, v in res.items() if isinstance(v, dict))
+            if "error" not in res else f"error: {res['error']}"), flush=True)
+    return out
+
+
+def _inference(name: str, runtimes: list[str], thread_counts: list[str], repeats: int, work: str,
+               data_dir: str | None, artifacts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for runtime in runtimes:
         for threads in thread_counts:
             if runtime == "keras":
                 res = run_worker({"kind": "keras", "config": name, "threads": threads, "repeats": repeats})
             else:
-                if artifacts is None:
-                    artifacts = run_worker({"kind": "artifacts", "config": name, "work_dir": work,
-                                            "data_dir": data_dir})
+                _artifacts(name, work, data_dir, artifacts)
                 if "error" in artifacts:
                     res = {"error": f"artifacts: {artifacts['error']}"}
                 else:
@@ -453,6 +562,7 @@ def report(results: dict[str, Any]) -> str:
               "units, so their share of the float32 peak can exceed 100%. The authors' PyTorch figures "
               "(DESIGN.md) were taken on 2 threads of the same CPU: 0.55 s / 6.5 crops/s (#8), 1.05 s / "
               "4.9 crops/s (#15)."]
+    lines += _frontend_report(results) + _tagging_report(results)
     pipe = results.get("pipeline")
     if pipe and "memory" in pipe:
         lines += ["", f"Input pipeline ({pipe['files']} files from {pipe['data']}): "
@@ -460,6 +570,47 @@ def report(results: dict[str, Any]) -> str:
                   f"{pipe['memory']['cached_crops_per_s']:.0f} crops/s in memory, "
                   f"{pipe['disk']['cached_crops_per_s']:.0f} crops/s from the disk cache."]
     return "\n".join(lines)
+
+
+def _frontend_report(results: dict[str, Any]) -> list[str]:
+    """Front-end latency per path, and its share of each configuration's latency in the same run."""
+    fe = results.get("frontend")
+    if not fe:
+        return []
+    lines = ["", "| front end (30 s clip) | spectrum | threads | s (p10-p90) | share of the model's latency |",
+             "|---|---|---|---|---|"]
+    for runtime, by_spectrum in fe.items():
+        for spectrum, by_threads in by_spectrum.items():
+            used = spectrum == FRONTEND_PATHS[runtime][0]
+            for threads, res in by_threads.items():
+                if "clip" not in res:
+                    lines.append(f"| {runtime} | {spectrum} | {threads} | error: {res.get('error', '')[:60]} | |")
+                    continue
+                t = res["clip"]
+                shares = []
+                for name, entry in results["configs"].items():
+                    model = ((entry.get("inference") or {}).get(runtime) or {}).get(threads) or {}
+                    if used and "clip" in model:
+                        shares.append(f"{name} {100 * t['median'] / model['clip']['median']:.0f}%")
+                lines.append(f"| {runtime} | {spectrum}{' (used)' if used else ''} | {threads} | "
+                             f"{_fmt(t['median'], 4)} ({_fmt(t['p10'], 4)}-{_fmt(t['p90'], 4)}) | "
+                             f"{', '.join(shares) or '-'} |")
+    return lines
+
+
+def _tagging_report(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, entry in results["configs"].items():
+        for threads, res in (entry.get("tagging") or {}).items():
+            for artifact, r in res.items():
+                if isinstance(r, dict) and "audio_s_per_s" in r:
+                    rows.append(f"| {name} | {artifact} | {threads} | {r['duration_s']:.0f} | {r['windows']} | "
+                                f"{r['seconds']['median']:.2f} | {r['audio_s_per_s']:.0f} |")
+    if not rows:
+        return []
+    return ["", "Whole-song tagging (`keras_mgc.tag.Tagger`, window 2.01 s, hop 1 s, decoding included):", "",
+            "| config | artifact | threads | song s | windows | wall s | audio s per s |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 if __name__ == "__main__":

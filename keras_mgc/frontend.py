@@ -28,8 +28,8 @@ exported artifacts use `dft_precision="float32"`.
 Quantised TFLite models must keep the front end in float (int8 frames or powers wipe out
 the quiet mel bins), but the converter has no per-op opt-out for dynamic-range
 quantisation and stores every float constant as float16 in float16 mode. With
-`table_mode="runtime"` the DFT and mel tables are multiplied by a 1.0 that depends on the
-input's shape, which no converter folds, so they stay float32 (`"runtime_split16"`: each
+`table_mode="runtime"` the DFT and mel tables are multiplied by a 1.0 computed from the
+input samples, which no converter folds, so they stay float32 (`"runtime_split16"`: each
 table is a float16 high part plus a float16 low part summed at run time, ~22 bits, for
 float16 artifacts). Same numbers as "constant", the default.
 
@@ -176,7 +176,10 @@ class LogMelSpectrogram(keras.layers.Layer):
         """A constant table, or (table_mode "runtime*") one the converters cannot fold or quantise."""
         if self.table_mode == "constant":
             return ops.convert_to_tensor(table)
-        one = ops.cast(ops.shape(waveform)[0] >= 0, table.dtype)  # 1.0, known only at run time
+        # 1.0 known only at run time: 1 + min(|first sample|, 0). A shape-based 1.0 is folded
+        # by the converter once the input shape is fixed (the task-ready models), which let the
+        # dynamic-range quantiser turn the DFT tables into int8.
+        one = 1.0 + ops.sum(ops.minimum(ops.abs(ops.cast(waveform[:1, :1], table.dtype)), 0.0))
         if self.table_mode == "runtime_split16":
             hi = table.astype(np.float16).astype(table.dtype)
             lo = (table - hi).astype(np.float16).astype(table.dtype)

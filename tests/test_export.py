@@ -20,6 +20,7 @@ from tests.conftest import REPO_ROOT
 
 CROP = 44356
 PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+TASK_PRECISIONS = ("float32", "dynamic_int8")  # task-ready TFLite for MediaPipe (tests/test_mediapipe.py)
 _MEMO: dict[str, object] = {}
 
 
@@ -135,7 +136,8 @@ def test_layout_and_side_files(out, export_result):
         "saved_model/models.config", "saved_model/batching_parameters.txt", "saved_model/docker_run.sh",
         "onnx/model.onnx", "onnx/model.json", "onnx/model_mel.onnx", "onnx/model_mel.json", "onnx/labels.txt",
         "tflite/labels.txt", "report.json", "report.md",
-    ] + [f"tflite/model_{p}.{ext}" for p in PRECISIONS for ext in ("tflite", "json")]
+    ] + [f"tflite/model_{p}.{ext}" for p in PRECISIONS for ext in ("tflite", "json")] \
+      + [f"tflite/model_task_{p}.{ext}" for p in TASK_PRECISIONS for ext in ("tflite", "json")]
     missing = [p for p in expected if not (out / p).is_file()]
     assert not missing
     for labels in out.rglob("labels.txt"):
@@ -178,13 +180,14 @@ def test_report_numbers_meet_their_thresholds(out, export_result):
     report = export_result["report"]
     arts = {a["name"]: a for a in report["artifacts"]}
     assert set(arts) == {"saved_model/export_test/1", "onnx/model.onnx", "onnx/model_mel.onnx",
-                         *(f"tflite/model_{p}.tflite" for p in PRECISIONS)}
+                         *(f"tflite/model_{p}.tflite" for p in PRECISIONS),
+                         *(f"tflite/model_task_{p}.tflite" for p in TASK_PRECISIONS)}
     minimum = report["thresholds"]["min_top1_agreement"]
     for name, art in arts.items():
         assert art["passed"] and art["error"] is None, (name, art["failures"], art["error"])
         assert art["size_bytes"] > 100_000
         for entry, stats in art["entries"].items():
-            assert stats["n"] == 9 + 18  # whole clips + crops
+            assert stats["n"] == 9 + 18  # whole clips (task models: their first window) + crops
             assert stats["top1_agreement"] >= minimum[art["precision"]]
             if art["precision"] == "float32":
                 assert stats["max_abs_diff"] <= 1e-4 and stats["top1_agreement"] == 1.0
@@ -193,7 +196,36 @@ def test_report_numbers_meet_their_thresholds(out, export_result):
     assert arts["saved_model/export_test/1"]["entries"]["waveform"]["max_abs_diff"] < 1e-6
     # The reference's own outputs are far from uniform, so top-1 comparisons mean something.
     md = (out / "report.md").read_text()
-    assert md.count("| PASS |") == 7 and "latency 30 s, 1 thread (ms)" in md
+    assert md.count("| PASS |") == 9 and "latency 30 s, 1 thread (ms)" in md
+    for p in TASK_PRECISIONS:
+        assert set(arts[f"tflite/model_task_{p}.tflite"]["entries"]) == {"window"}
+
+
+def test_task_models_have_fixed_window_one_output_and_metadata(out, export_result, ref, clips):
+    """What MediaPipe's AudioClassifier needs (tests/test_mediapipe.py runs it); our tagger runs them too."""
+    from export.tflite import non_builtin_ops, tensor_types
+    from export.tflite_metadata import read
+    from keras_mgc.tag import Tagger
+
+    classes = json.loads((export_result["run"] / "classes.json").read_text())
+    window = clips["whole"][:CROP][None].astype(np.float32)
+    for p in TASK_PRECISIONS:
+        path = out / f"tflite/model_task_{p}.tflite"
+        data = path.read_bytes()
+        assert not non_builtin_ops(data)
+        # The fixed input shape must not let the quantiser reach the front end's tables.
+        assert not [n for n, t in tensor_types(data).items() if "frontend" in n and t == "INT8"]
+        meta = read(data)
+        assert meta["name"] == "export_test" and meta["version"] == "1" and meta["labels"] == classes
+        assert meta["subgraphs"][0]["inputs"][0]["audio_properties"] == {"sample_rate": 22050, "channels": 1}
+        side = json.loads(path.with_suffix(".json").read_text())
+        assert side["input"]["shape"] == [1, CROP] and list(side["outputs"]) == ["probabilities"]
+        tagger = Tagger(path, threads=1)
+        result = tagger.tag(clips["whole"][:CROP], hop=1.0)
+        assert result.windows == 1
+        expected = keras_probabilities(ref, window)[0]
+        tolerance = 1e-4 if p == "float32" else 0.05
+        np.testing.assert_allclose(result.window_probabilities[0], expected, atol=tolerance)
 
 
 # --------------------------------------------------------------------------- SavedModel

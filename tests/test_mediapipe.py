@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from export.verify import MAX_ABS_DIFF
-from tests.tflite_fixtures import CROP, GENRES, SAMPLE_RATE, build_test_model
+from tests.tflite_fixtures import CROP, GENRES, SAMPLE_RATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("mediapipe_classify.py")
@@ -51,18 +51,17 @@ def mediapipe_python() -> str:
 
 
 @pytest.fixture(scope="module")
-def task_models(shared_data, tmp_path_factory):
-    """A small model trained a few steps on real GTZAN, its general float32 TFLite and both task models."""
-    from export.task_model import TASK_PRECISIONS, build_task_model, task_metadata
+def task_models(shared_data, tmp_path_factory) -> dict[str, Path]:
+    """The session's real export (tests/test_export.py, shared): general float32 TFLite and both task models."""
+    from tests.test_export import TASK_PRECISIONS, exported_run
 
-    out = tmp_path_factory.mktemp("task_models")
-    model = build_test_model(out, shared_data / "gtzan-mini", steps=6)
-    meta = task_metadata("keras_mgc_test", GENRES, SAMPLE_RATE, CROP, version=1, license="Apache-2.0")
-    paths = {}
-    for precision in TASK_PRECISIONS:
-        paths[precision] = out / f"model_task_{precision}.tflite"
-        paths[precision].write_bytes(build_task_model(model.models, precision, CROP, meta))
-    return model, paths
+    result = exported_run(tmp_path_factory, shared_data / "gtzan-mini")
+    tflite = Path(result["out"]) / "tflite"
+    paths = {"general_float32": tflite / "model_float32.tflite"}
+    paths |= {p: tflite / f"model_task_{p}.tflite" for p in TASK_PRECISIONS}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    assert not missing, f"the export did not write {missing}:\n{result['proc'].stderr[-4000:]}"
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -111,40 +110,50 @@ def _tagger_windows(model_path: Path, samples: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("mode", ["clips", "stream"])
 def test_mediapipe_audio_classifier_scores_equal_our_tagger(mediapipe_python, task_models, music, mode):
-    model, paths = task_models
-    for precision, path in paths.items():
+    n_classes = len(read_labels(task_models["general_float32"]))
+    for precision in ("float32", "dynamic_int8"):
+        path = task_models[precision]
         found = _classify(mediapipe_python, path, mode, list(music))
         # float32: against the general artifact (resizable, the tagger's usual model);
         # dynamic int8: against the tagger running the same task file (its quantisation is its own).
-        reference_model = model.path if precision == "float32" else path
+        reference_model = task_models["general_float32"] if precision == "float32" else path
         for npy, samples in music.items():
             ours = _tagger_windows(reference_model, samples)
             theirs = _full_windows(found[npy], len(samples))
-            assert theirs.shape == ours.shape == (len(samples) // CROP, len(GENRES))
+            assert theirs.shape == ours.shape == (len(samples) // CROP, n_classes)
             np.testing.assert_allclose(theirs.sum(axis=1), 1.0, atol=1e-5)
             diff = np.abs(theirs - ours).max()
             assert diff <= MAX_ABS_DIFF, f"{precision} {mode} {Path(npy).stem}: max |dp| {diff:.2e}"
             assert (theirs.argmax(1) == ours.argmax(1)).all()
 
 
-def test_task_model_carries_the_metadata_mediapipe_reads(task_models):
-    """Our reader, and MediaPipe's own generated schema classes where installed, see the same fields."""
-    from export.tflite_metadata import TENSOR_AXIS_LABELS, read
+def read_labels(model: Path) -> list[str]:
+    return (model.parent / "labels.txt").read_text().splitlines()
 
-    _, paths = task_models
-    data = paths["float32"].read_bytes()
-    meta = read(data)
-    assert meta["name"] == "keras_mgc_test" and meta["version"] == "1" and meta["license"] == "Apache-2.0"
-    assert meta["min_parser_version"] == "1.3.0"
-    (graph,) = meta["subgraphs"]
-    assert graph["inputs"][0]["audio_properties"] == {"sample_rate": SAMPLE_RATE, "channels": 1}
-    (labels_file,) = graph["outputs"][0]["associated_files"]
-    assert labels_file == {"name": "labels.txt", "type": TENSOR_AXIS_LABELS}
-    assert meta["labels"] == GENRES and list(meta["files"]) == ["labels.txt"]
+
+def test_metadata_reads_the_same_with_mediapipes_generated_schema(tmp_path):
+    """Our writer and reader against MediaPipe's own generated classes for metadata_schema.fbs."""
+    from export.tflite_metadata import TENSOR_AXIS_LABELS, AudioClassifierMetadata, attach, read
+    from tests.tflite_fixtures import build_toy_model
 
     schema = _mediapipe_schema()
     if schema is None:
-        return
+        pytest.skip("mediapipe (its metadata_schema_py_generated.py) is not installed in this venv")
+    toy = build_toy_model(tmp_path / "toy.tflite", "fixed").read_bytes()
+    meta = AudioClassifierMetadata(name="keras_mgc_test", labels=GENRES, sample_rate=SAMPLE_RATE, version="3",
+                                   author="someone", license="Apache-2.0",
+                                   calibration_lines=["1.0,1.0,0.0"] * len(GENRES), default_score=0.25)
+    data = attach(toy, meta)
+    ours = read(data)
+    assert ours["name"] == "keras_mgc_test" and ours["version"] == "3" and ours["license"] == "Apache-2.0"
+    assert ours["author"] == "someone" and ours["min_parser_version"] == "1.3.0"
+    (graph,) = ours["subgraphs"]
+    assert graph["inputs"][0]["audio_properties"] == {"sample_rate": SAMPLE_RATE, "channels": 1}
+    assert graph["outputs"][0]["associated_files"][0] == {"name": "labels.txt", "type": TENSOR_AXIS_LABELS}
+    assert graph["outputs"][0]["process_units"] == [
+        {"score_calibration": {"score_transformation": "IDENTITY", "default_score": 0.25}}]
+    assert ours["labels"] == GENRES and sorted(ours["files"]) == ["labels.txt", "score_calibration.txt"]
+
     from ai_edge_litert import schema_py_generated as tfl
 
     model = tfl.Model.GetRootAsModel(data, 0)
@@ -152,12 +161,21 @@ def test_task_model_carries_the_metadata_mediapipe_reads(task_models):
                 if model.Metadata(i).Name() == b"TFLITE_METADATA"]
     buffer = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
     theirs = schema.ModelMetadataT.InitFromPackedBuf(buffer, 0)
-    assert theirs.name == b"keras_mgc_test" and theirs.minParserVersion == b"1.3.0"
+    assert theirs.name == b"keras_mgc_test" and theirs.minParserVersion == b"1.3.0" and theirs.author == b"someone"
     tensor = theirs.subgraphMetadata[0].inputTensorMetadata[0]
     assert tensor.content.contentPropertiesType == schema.ContentProperties.AudioProperties
     assert (tensor.content.contentProperties.sampleRate, tensor.content.contentProperties.channels) == (SAMPLE_RATE, 1)
-    files = theirs.subgraphMetadata[0].outputTensorMetadata[0].associatedFiles
-    assert [(f.name, f.type) for f in files] == [(b"labels.txt", schema.AssociatedFileType.TENSOR_AXIS_LABELS)]
+    output = theirs.subgraphMetadata[0].outputTensorMetadata[0]
+    assert [(f.name, f.type) for f in output.associatedFiles] == [
+        (b"labels.txt", schema.AssociatedFileType.TENSOR_AXIS_LABELS),
+        (b"score_calibration.txt", schema.AssociatedFileType.TENSOR_AXIS_SCORE_CALIBRATION)]
+    (unit,) = output.processUnits
+    assert unit.optionsType == schema.ProcessUnitOptions.ScoreCalibrationOptions
+    assert unit.options.defaultScore == pytest.approx(0.25)
+    # The model itself is untouched: LiteRT loads it and the zip does not disturb it.
+    from ai_edge_litert.interpreter import Interpreter
+
+    Interpreter(model_content=data).allocate_tensors()
 
 
 def _mediapipe_schema():
