@@ -49,17 +49,18 @@ class EvalInputs:
     crops: list[tuple[str, np.ndarray]]  # (name, (crop,))
     mel_whole: list[np.ndarray] = field(default_factory=list)
     mel_crops: np.ndarray | None = None
-    #: Fixed-length windows for task-ready models (`set_windows`): whole clips' first windows, then crops.
+    #: Fixed-length windows for task-ready models (`set_windows`): the whole clips' windows, then crops.
     windows: np.ndarray | None = None
     n_whole_windows: int = 0
 
     def set_windows(self, window: int) -> None:
-        """The inputs of a fixed-window (task-ready) model: each whole clip's first `window` samples,
-        then the crops when they have that length."""
-        firsts = [x[0, :window] for _, x in self.whole if x.shape[1] >= window]
+        """The inputs of a fixed-window (task-ready) model: every complete window of each whole
+        clip, consecutive from its start (as MediaPipe's AudioClassifier cuts a clip), then the
+        crops when they have that length."""
+        cut = [x[0, i * window : (i + 1) * window] for _, x in self.whole for i in range(x.shape[1] // window)]
         crops = [c for _, c in self.crops if len(c) == window]
-        self.n_whole_windows = len(firsts)
-        self.windows = np.stack(firsts + crops).astype(np.float32) if firsts or crops else None
+        self.n_whole_windows = len(cut)
+        self.windows = np.stack(cut + crops).astype(np.float32) if cut or crops else None
 
     @classmethod
     def build(cls, clip_set: ClipSet, crop: int, crops_per_clip: int, log_mel: Callable[[np.ndarray], np.ndarray]
