@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from export import ExportError
-from export.graphs import ServingModels
-from export.tflite import SPECTRUM, TABLE_MODE, non_builtin_ops
-from export.tflite_metadata import AudioClassifierMetadata, attach
+from keras_mgc.contract import PROBABILITIES, SIGNATURE, WAVEFORM_INPUT
+from keras_mgc.export import ExportError
+from keras_mgc.export.graphs import ServingModels
+from keras_mgc.export.tflite import SPECTRUM, TABLE_MODE, non_builtin_ops
+from keras_mgc.export.tflite_metadata import AudioClassifierMetadata, attach
 
 #: Precisions written as task models: what phones run (float16 and full int8 bring no speed
 #: over these two on the CPU delegate, BENCHMARKS.md).
@@ -50,11 +51,11 @@ def convert_task(models: ServingModels, precision: str, window: int) -> bytes:
         archive = keras.export.ExportArchive()
         archive.track(graph)
         archive.add_endpoint(
-            "serving_default",
-            lambda waveform: {"probabilities": keras.ops.softmax(graph(waveform, training=False)["logits"], axis=-1)},
-            input_signature=[tf.TensorSpec([1, window], tf.float32, name="waveform")])
+            SIGNATURE,
+            lambda waveform: {PROBABILITIES: keras.ops.softmax(graph(waveform, training=False)["logits"], axis=-1)},
+            input_signature=[tf.TensorSpec([1, window], tf.float32, name=WAVEFORM_INPUT)])
         archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if precision == "dynamic_int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -79,9 +80,9 @@ def task_metadata(name: str, class_names: list[str], sample_rate: int, window: i
         version=str(version),
         author=author,
         license=license,
-        input_name="waveform",
+        input_name=WAVEFORM_INPUT,
         input_description=f"Mono float32 audio in [-1, 1] at {sample_rate} Hz, {window} samples.",
-        output_name="probabilities",
+        output_name=PROBABILITIES,
         output_description="Softmax probability of each genre (labels.txt order).",
     )
 
@@ -107,11 +108,11 @@ def check_task_contract(flatbuffer: bytes, num_classes: int, window: int) -> dic
     """Load in LiteRT: one subgraph, input [1, window] float32, output [1, n_classes] float32, metadata."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from export.tflite_metadata import read
+    from keras_mgc.export.tflite_metadata import read
 
     interpreter = Interpreter(model_content=flatbuffer)
     signatures = interpreter.get_signature_list()
-    if signatures != {"serving_default": {"inputs": ["waveform"], "outputs": ["probabilities"]}}:
+    if signatures != {SIGNATURE: {"inputs": [WAVEFORM_INPUT], "outputs": [PROBABILITIES]}}:
         raise ExportError(f"task model signatures are {signatures}, expected serving_default: waveform -> probabilities")
     if len(interpreter.get_input_details()) != 1 or len(interpreter.get_output_details()) != 1:
         raise ExportError("a task model has exactly one input and one output tensor")

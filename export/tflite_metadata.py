@@ -181,7 +181,7 @@ def _associated_files(meta: AudioClassifierMetadata) -> dict[str, bytes]:
 
 def attach(model: bytes, meta: AudioClassifierMetadata) -> bytes:
     """`model` (a TFLite flatbuffer without metadata) with the metadata buffer and its files zipped on."""
-    from export.tflite import _schema
+    from keras_mgc.export.tflite import _schema
 
     schema = _schema()
     if zipfile.is_zipfile(io.BytesIO(model)):
@@ -292,7 +292,7 @@ def parse_metadata(buffer: bytes) -> dict[str, Any]:
 
 def read(model: bytes) -> dict[str, Any]:
     """The metadata of a TFLite model: the parsed ModelMetadata, the zipped files, and the labels."""
-    from export.tflite import _schema
+    from keras_mgc.export.tflite import _schema
 
     tflite = _schema().Model.GetRootAsModel(model, 0)
     buffer = None

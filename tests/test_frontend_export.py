@@ -19,7 +19,7 @@ def _frontend_function(precision: str, spectrum: str = "matmul") -> tf.types.exp
 def test_float32_frontend_converts_to_tflite_builtins(spectrum):
     """Both spectrum paths run on builtins (the FFT as RFFT2D); the artifacts use the faster matmul."""
     interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
-    from export.tflite import non_builtin_ops, op_counts
+    from keras_mgc.export.tflite import non_builtin_ops, op_counts
 
     layer, concrete = _frontend_function("float32", spectrum)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], layer)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.verify import MAX_ABS_DIFF
+from keras_mgc.export.verify import MAX_ABS_DIFF
 from tests.tflite_fixtures import CROP, GENRES, SAMPLE_RATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def read_labels(model: Path) -> list[str]:
 
 def test_metadata_reads_the_same_with_mediapipes_generated_schema(tmp_path):
     """Our writer and reader against MediaPipe's own generated classes for metadata_schema.fbs."""
-    from export.tflite_metadata import TENSOR_AXIS_LABELS, AudioClassifierMetadata, attach, read
+    from keras_mgc.export.tflite_metadata import TENSOR_AXIS_LABELS, AudioClassifierMetadata, attach, read
     from tests.tflite_fixtures import build_toy_model
 
     schema = _mediapipe_schema()
