@@ -32,7 +32,7 @@ GTZAN_CLIPS = ["blues/blues.00000.wav", "classical/classical.00000.wav", "metal/
                "reggae/reggae.00000.wav"]
 OTHER_MUSIC = ["samba.mp3", "ballroom-waltz-Media-105901.wav"]
 SECONDS = 30.0
-STREAM_BLOCK = 2205  # 100 ms at 22,050 Hz: whole milliseconds, as an app's audio callback gives
+STREAM_BLOCK = 22050  # 1 s at 22,050 Hz: whole milliseconds, as an app's audio callback gives
 
 
 def _mediapipe_python() -> str | None:
