@@ -202,7 +202,7 @@ def test_page_gives_the_python_taggers_result_on_real_music(page, web_model, sha
         for key in ("class_names", "sample_rate", "window", "hop", "top_k"):
             assert doc[key] == expected[key], key
         assert got["file"] == song.name and got["error"] is None and got["notes"] == want["notes"] == []
-        if "segments" in want:  # the same segments as `keras_mgc.tag --segments` (once it has landed)
+        if "segments" in want and not resampled:  # `keras_mgc.tag --segments` (issue 14), same numbers
             assert [s["genre"] for s in got["segments"]] == [s["genre"] for s in want["segments"]], song.name
     print("\n".join(report))
     # the download is the document the page shows

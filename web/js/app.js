@@ -11,13 +11,15 @@ import { audacityLabels, segmentWindows } from "./segments.js";
 import { paddingNote, windowSamples } from "./windows.js";
 
 const $ = (id) => document.getElementById(id);
-const kmgc = (window.kmgc = { state: "starting", error: null, document: null, raw: null, maxStallMs: 0 });
+const kmgc = (window.kmgc = { state: "starting", error: null, document: null, raw: null, maxStallMs: 0,
+                             stalls: [], phases: [] });
 
 let model = null; // {name, meta, classNames, sampleRate, cropSamples, inputName}
 let worker = null;
 let busy = false;
 
 function setState(state) {
+  kmgc.phases.push([state, Math.round(performance.now())]);
   kmgc.state = state;
   document.body.dataset.state = state;
 }
@@ -42,7 +44,10 @@ function fail(text) {
 let lastTick = performance.now();
 setInterval(() => {
   const now = performance.now();
-  if (busy) kmgc.maxStallMs = Math.max(kmgc.maxStallMs, now - lastTick);
+  if (busy) {
+    kmgc.maxStallMs = Math.max(kmgc.maxStallMs, now - lastTick);
+    if (now - lastTick > 250) kmgc.stalls.push([Math.round(lastTick), Math.round(now - lastTick)]);
+  }
   lastTick = now;
 }, 50);
 
@@ -182,10 +187,17 @@ async function decode(file) {
       "Try a common format (WAV, MP3, FLAC, Ogg/Opus, AAC/M4A) or convert it first.");
   }
   if (!audio.length) throw new Error(`${file.name}: no audio samples could be decoded`);
+  // Copied out in slices with pauses between them: copying an hour of stereo in one go
+  // held the page's thread for over a second.
+  setState("copying");
   const channels = [];
+  const slice = 1 << 21;
   for (let c = 0; c < audio.numberOfChannels; c++) {
     const data = new Float32Array(audio.length);
-    audio.copyFromChannel(data, c);
+    for (let at = 0; at < audio.length; at += slice) {
+      audio.copyFromChannel(data.subarray(at, Math.min(at + slice, audio.length)), c, at);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
     channels.push(data);
   }
   return channels;
@@ -209,8 +221,14 @@ async function tagFile(file) {
   kmgc.error = null;
   kmgc.document = null;
   kmgc.maxStallMs = 0;
+  kmgc.stalls = [];
+  kmgc.phases = [];
   showMessage("");
   $("result").hidden = true;
+  $("song-name").textContent = file.name;
+  $("song-facts").textContent = "";
+  for (const id of ["top-list", "notes", "legend"]) $(id).replaceChildren();
+  $("segments").tBodies[0].replaceChildren();
   const started = performance.now();
   const topK = Math.min(Math.max(1, Math.round(readNumber("top-k", 3))), model.classNames.length);
   let w, h;
@@ -233,6 +251,7 @@ async function tagFile(file) {
     const rows = [];
     const starts = [];
     let lastDraw = 0;
+    let drawCost = 0;
     const done = await runWorker(channels, w, h, (msg) => {
       $("progress").max = msg.total;
       $("progress").value = msg.done;
@@ -242,14 +261,16 @@ async function tagFile(file) {
         starts.push(msg.starts[j]);
       }
       const now = performance.now();
-      if (now - lastDraw > 500) { // a live chart for long songs
-        lastDraw = now;
+      if (now - lastDraw > Math.max(500, 20 * drawCost)) { // a live chart for long songs
         $("result").hidden = false;
         drawTimeline($("timeline"), { starts: starts.map((s) => s / model.sampleRate), windowProbabilities: rows,
           window: w / model.sampleRate, hop: h / model.sampleRate, duration: n / model.sampleRate,
           classNames: model.classNames });
+        lastDraw = performance.now();
+        drawCost = lastDraw - now;
       }
     });
+    setState("summing");
     const windowProbabilities = [];
     for (let i = 0; i < done.starts.length; i++) {
       windowProbabilities.push(Array.from(done.probabilities.subarray(i * done.classes, (i + 1) * done.classes)));
@@ -269,6 +290,7 @@ async function tagFile(file) {
       w, h, topK, result });
     kmgc.raw = { probabilities, windowProbabilities, starts: startsSeconds, segments, samples: n };
     kmgc.document = doc;
+    setState("drawing");
     render(file.name, doc, result, { starts: startsSeconds, windowProbabilities, window: w / model.sampleRate,
       hop: h / model.sampleRate, duration: n / model.sampleRate, classNames: model.classNames, segments });
     $("progress-row").hidden = true;

@@ -30,16 +30,38 @@ export function drawTimeline(canvas, data) {
 
   // Each window is drawn over its hop-wide slot centred on the window's centre, so the
   // stacked bands line up with the segment boundaries (midpoints between window centres).
+  // More windows than pixels (an hour is 3,600 windows): one column per pixel, the mean
+  // of its windows, so drawing stays a few thousand rectangles however long the song.
   const P = data.windowProbabilities;
-  for (let i = 0; i < P.length; i++) {
-    const centre = data.starts[i] + data.window / 2;
-    const t0 = i === 0 ? 0 : Math.max(0, centre - data.hop / 2);
-    const t1 = i === P.length - 1 ? duration : Math.min(duration, centre + data.hop / 2);
+  const classes = P.length ? P[0].length : 0;
+  const columns = [];
+  if (P.length <= width) {
+    for (let i = 0; i < P.length; i++) {
+      const centre = data.starts[i] + data.window / 2;
+      const t0 = i === 0 ? 0 : Math.max(0, centre - data.hop / 2);
+      const t1 = i === P.length - 1 ? duration : Math.min(duration, centre + data.hop / 2);
+      columns.push([x(t0), x(t1), P[i]]);
+    }
+  } else {
+    const sums = Array.from({ length: Math.ceil(width) }, () => [new Float64Array(classes), 0]);
+    for (let i = 0; i < P.length; i++) {
+      const c = Math.min(sums.length - 1, Math.floor(((data.starts[i] + data.window / 2) / duration) * width));
+      for (let k = 0; k < classes; k++) sums[c][0][k] += P[i][k];
+      sums[c][1] += 1;
+    }
+    let previous = null;
+    sums.forEach(([sum, count], c) => {
+      const row = count ? Array.from(sum, (v) => v / count) : previous;
+      if (row) columns.push([left + c, left + c + 1, row]);
+      previous = row;
+    });
+  }
+  for (const [x0, x1, row] of columns) {
     let acc = 0;
-    for (let k = 0; k < P[i].length; k++) {
+    for (let k = 0; k < row.length; k++) {
       ctx.fillStyle = colour(k);
-      ctx.fillRect(x(t0), y(acc + P[i][k]), Math.max(1, x(t1) - x(t0)), (P[i][k]) * height);
-      acc += P[i][k];
+      ctx.fillRect(x0, y(acc + row[k]), Math.max(1, x1 - x0), row[k] * height);
+      acc += row[k];
     }
   }
 
