@@ -250,6 +250,21 @@ def test_model_folder_without_metadata_is_refused_by_the_page_and_the_server(dri
     assert "Traceback" not in proc.stderr
 
 
+def test_model_folder_chosen_in_the_page(page, server, web_model, tmp_path):
+    """A listener's own export folder, chosen with the folder picker (no server involved)."""
+    page.find_element("id", "model-folder").send_keys(str(web_model))
+    state = wait_for(page, ("ready", "error"), timeout=120)
+    assert state["state"] == "ready", state
+    assert "onnx/model.onnx" in page.find_element("id", "model-status").text
+    bare = tmp_path / "bare_export" / "onnx"
+    bare.mkdir(parents=True)
+    shutil.copy(web_model / "onnx" / "model.onnx", bare / "model.onnx")
+    open_page(page, server)  # a fresh input: chromedriver does not choose twice in one
+    page.find_element("id", "model-folder").send_keys(str(bare.parent))
+    state = wait_for(page, ("ready", "error"), timeout=120)
+    assert state["state"] == "error" and "has no model.json" in state["error"], state
+
+
 def test_server_refuses_without_prepared_runtime_and_serves_only_the_model_files(web_model, server, tmp_path):
     import urllib.error
     import urllib.request
