@@ -8,6 +8,8 @@
 import { drawTimeline, colour } from "./chart.js";
 import { meanProbabilities, resultDict, taggerDocument } from "./result.js";
 import { audacityLabels, segmentWindows } from "./segments.js";
+import { storedSampleRate } from "./rate.js";
+import { resampledLength } from "./resample.js";
 import { paddingNote, windowSamples } from "./windows.js";
 
 const $ = (id) => document.getElementById(id);
@@ -176,9 +178,14 @@ function readNumber(id, fallback) {
 
 async function decode(file) {
   const bytes = await file.arrayBuffer();
-  // Decoding in an OfflineAudioContext at the model's rate makes the browser resample while
-  // decoding (Chromium: its sinc resampler), as the Python tagger resamples with soxr.
-  const ctx = new OfflineAudioContext(1, 1, model.sampleRate);
+  // Decoded at the file's own rate (read from its header) so that the browser does not
+  // resample: the worker resamples like the Python tagger (js/resample.js). Chromium's
+  // resampler, used when an OfflineAudioContext at another rate decodes, moved the
+  // probabilities 7x more. Unknown containers fall back to it, and the result says so.
+  const stored = storedSampleRate(bytes);
+  const own = stored && stored >= 3000 && stored <= 768000 ? stored : null;
+  const rate = own || model.sampleRate;
+  const ctx = new OfflineAudioContext(1, 1, rate);
   let audio;
   try {
     audio = await ctx.decodeAudioData(bytes);
@@ -200,18 +207,26 @@ async function decode(file) {
     }
     channels.push(data);
   }
-  return channels;
+  const note = own ? null : "the file's sample rate is not in a header this page reads (WAV, MP3, FLAC, Ogg): " +
+    "resampled by the browser, whose resampler is not the tagger's";
+  return { channels, rate, note };
 }
 
-function runWorker(channels, w, h, onProgress) {
+function runWorker(channels, rate, w, h, onProgress) {
   return new Promise((resolve, reject) => {
     worker.onmessage = (event) => {
       const msg = event.data;
       if (msg.type === "progress") onProgress(msg);
+      else if (msg.type === "resampling") {
+        $("progress").max = 1;
+        $("progress").value = msg.fraction;
+        $("progress-text").textContent = `Resampling ${rate} Hz to ${model.sampleRate} Hz…`;
+      }
       else if (msg.type === "done") resolve(msg);
       else if (msg.type === "error") reject(new Error(`the model failed on this song: ${msg.message}`));
     };
-    worker.postMessage({ type: "tag", channels, w, h, batch: 4 }, channels.map((c) => c.buffer));
+    worker.postMessage({ type: "tag", channels, rate, sampleRate: model.sampleRate, w, h, batch: 4 },
+      channels.map((c) => c.buffer));
   });
 }
 
@@ -245,14 +260,14 @@ async function tagFile(file) {
   $("progress-text").textContent = `Decoding ${file.name}…`;
   setState("decoding");
   try {
-    const channels = await decode(file);
-    const n = channels[0].length;
+    const { channels, rate, note } = await decode(file);
+    const n = resampledLength(channels[0].length, rate, model.sampleRate);
     setState("tagging");
     const rows = [];
     const starts = [];
     let lastDraw = 0;
     let drawCost = 0;
-    const done = await runWorker(channels, w, h, (msg) => {
+    const done = await runWorker(channels, rate, w, h, (msg) => {
       $("progress").max = msg.total;
       $("progress").value = msg.done;
       $("progress-text").textContent = `${msg.done} / ${msg.total} windows`;
@@ -282,7 +297,8 @@ async function tagFile(file) {
     const startsSeconds = done.starts.map((s) => s / model.sampleRate);
     const segments = segmentWindows(windowProbabilities, startsSeconds, w / model.sampleRate, h / model.sampleRate,
       n / model.sampleRate, model.classNames, hysteresis, minSegment);
-    const notes = [paddingNote(n, w, model.sampleRate)].filter(Boolean);
+    if (done.n !== n) throw new Error(`internal: ${done.n} samples resampled, ${n} expected`);
+    const notes = [note, paddingNote(n, w, model.sampleRate)].filter(Boolean);
     const result = resultDict({ file: file.name, classNames: model.classNames, sampleRate: model.sampleRate, n,
       starts: done.starts, windowProbabilities, probabilities, topK, notes,
       seconds: (performance.now() - started) / 1000, segments });

@@ -2,13 +2,16 @@
 // over the tagger's windows, off the page's thread, so the tab stays responsive on long files.
 //
 // Messages in:  {type: "load", model: ArrayBuffer, inputName}
-//               {type: "tag", channels: Float32Array[], w, h, batch}
+//               {type: "tag", channels: Float32Array[], rate, sampleRate, w, h, batch}
+//               (channels at `rate` Hz; mixed to mono, then resampled to the model's `sampleRate`)
 // Messages out: {type: "loaded", inputNames, outputNames}
+//               {type: "resampling", fraction}
 //               {type: "progress", done, total, starts, probabilities}   (the new windows only)
 //               {type: "done", n, starts, probabilities (Float32Array windows*classes), seconds}
 //               {type: "error", message}
 
 import * as ort from "../vendor/onnxruntime-web/ort.wasm.min.mjs";
+import { resample } from "./resample.js";
 import { fillWindow, windowStarts } from "./windows.js";
 
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed, so no cross-origin isolation headers
@@ -47,7 +50,15 @@ async function load(msg) {
 
 async function tag(msg) {
   const started = performance.now();
-  const mono = mixToMono(msg.channels);
+  let mono = mixToMono(msg.channels);
+  msg.channels = null; // let the per-channel copies go
+  if (msg.rate !== msg.sampleRate) {
+    let last = 0;
+    mono = resample(mono, msg.rate, msg.sampleRate, (fraction) => {
+      const now = performance.now();
+      if (now - last > 200) { last = now; postMessage({ type: "resampling", fraction }); }
+    });
+  }
   const { w, h } = msg;
   const batch = Math.max(1, msg.batch || 4);
   const starts = windowStarts(mono.length, w, h);
