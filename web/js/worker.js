@@ -69,15 +69,21 @@ async function tag(msg) {
     const m = Math.min(batch, total - b);
     const data = new Float32Array(m * w);
     for (let j = 0; j < m; j++) fillWindow(mono, starts[b + j], w, data.subarray(j * w, (j + 1) * w));
-    const out = await session.run({ [inputName]: new ort.Tensor("float32", data, [m, w]) });
+    const out = await session.run({ [inputName]: new ort.Tensor("float32", data, [m, w]) }, [OUTPUT]);
     const p = out[OUTPUT];
     if (!classes) {
       classes = p.dims[1];
       all = new Float32Array(total * classes);
     }
     const values = p.data;
-    for (let i = 0; i < values.length; i++) {
-      if (!Number.isFinite(values[i])) throw new Error("the model returned non-finite probabilities");
+    for (let r = 0; r < m; r++) { // the tagger's check of the contract: finite, summing to 1
+      let sum = 0;
+      for (let k = 0; k < classes; k++) sum += values[r * classes + k];
+      if (!Number.isFinite(sum)) throw new Error("the model returned non-finite probabilities");
+      if (Math.abs(sum - 1) > 1e-3) {
+        throw new Error(`output "${OUTPUT}" does not sum to 1 (sum ${sum.toPrecision(4)}): ` +
+          "the exporter's contract is softmax probabilities, not logits");
+      }
     }
     all.set(values, b * classes);
     for (const t of Object.values(out)) t.dispose?.();
