@@ -313,7 +313,7 @@ async function tagFile(file) {
     busy = false;
     setState("done");
   } catch (err) {
-    fail(err.message);
+    fail(err.message.startsWith(file.name) ? err.message : `${file.name}: ${err.message}`);
   }
 }
 
