@@ -277,6 +277,7 @@ def test_model_folder_without_metadata_is_refused_by_the_page_and_the_server(dri
 
 def test_model_folder_chosen_in_the_page(page, server, web_model, tmp_path):
     """A listener's own export folder, chosen with the folder picker (no server involved)."""
+    page.execute_script("kmgc.state = 'submitted'")
     page.find_element("id", "model-folder").send_keys(str(web_model))
     state = wait_for(page, ("ready", "error"), timeout=120)
     assert state["state"] == "ready", state
@@ -285,6 +286,7 @@ def test_model_folder_chosen_in_the_page(page, server, web_model, tmp_path):
     bare.mkdir(parents=True)
     shutil.copy(web_model / "onnx" / "model.onnx", bare / "model.onnx")
     open_page(page, server)  # a fresh input: chromedriver does not choose twice in one
+    page.execute_script("kmgc.state = 'submitted'")
     page.find_element("id", "model-folder").send_keys(str(bare.parent))
     state = wait_for(page, ("ready", "error"), timeout=120)
     assert state["state"] == "error" and "has no model.json" in state["error"], state
@@ -385,3 +387,9 @@ def test_screenshot_after_tagging_a_mix_of_real_songs(page, gtzan, tmp_path):
     r = {k: int(v * ratio) for k, v in canvas.rect.items()}
     region = pixels[r["y"]: r["y"] + r["height"], r["x"]: r["x"] + r["width"]]
     assert region.size and len(np.unique(region.reshape(-1, 3), axis=0)) >= len(GENRES), "the timeline is empty"
+    # a new minimum segment length re-segments the same windows without running the model again
+    page.execute_script("const e = document.getElementById('min-segment'); e.value = '100';"
+                        "e.dispatchEvent(new Event('change'));")
+    regrouped = json.loads(downloaded(page, "download-json"))["results"][0]
+    assert len(regrouped["segments"]) == 1 and regrouped["segments"][0]["end"] == result["duration"]
+    assert regrouped["timeline"] == result["timeline"]

@@ -6,7 +6,7 @@
 // <body data-state="starting|loading-model|ready|decoding|tagging|done|error">.
 
 import { drawTimeline, colour } from "./chart.js";
-import { meanProbabilities, resultDict, taggerDocument } from "./result.js";
+import { meanProbabilities, resultDict, segmentDicts, taggerDocument } from "./result.js";
 import { audacityLabels, segmentWindows } from "./segments.js";
 import { storedSampleRate } from "./rate.js";
 import { resampledLength } from "./resample.js";
@@ -304,7 +304,8 @@ async function tagFile(file) {
       seconds: (performance.now() - started) / 1000, segments });
     const doc = taggerDocument({ model: model.name, classNames: model.classNames, sampleRate: model.sampleRate,
       w, h, topK, result });
-    kmgc.raw = { probabilities, windowProbabilities, starts: startsSeconds, segments, samples: n };
+    kmgc.raw = { probabilities, windowProbabilities, starts: startsSeconds, segments, samples: n, fileName: file.name,
+                 window: w / model.sampleRate, hop: h / model.sampleRate };
     kmgc.document = doc;
     setState("drawing");
     render(file.name, doc, result, { starts: startsSeconds, windowProbabilities, window: w / model.sampleRate,
@@ -366,7 +367,28 @@ function setDownload(anchor, text, type, name) {
   anchor.download = name;
 }
 
+/** New hysteresis or minimum length: the segments again, from the same windows (no model run). */
+function resegment() {
+  if (busy || kmgc.state !== "done" || !kmgc.raw) return;
+  const raw = kmgc.raw, doc = kmgc.document, result = doc.results[0];
+  let segments;
+  try {
+    segments = segmentWindows(raw.windowProbabilities, raw.starts, raw.window, raw.hop, raw.samples / model.sampleRate,
+      model.classNames, readNumber("hysteresis", 0.1), readNumber("min-segment", 10));
+  } catch (err) {
+    showMessage(err.message);
+    return;
+  }
+  showMessage("");
+  raw.segments = segments;
+  result.segments = segmentDicts(segments);
+  render(raw.fileName, doc, result, { starts: raw.starts, windowProbabilities: raw.windowProbabilities,
+    window: raw.window, hop: raw.hop, duration: raw.samples / model.sampleRate, classNames: model.classNames, segments });
+}
+
 // ------------------------------------------------------------------ wiring
+
+for (const id of ["hysteresis", "min-segment"]) $(id).addEventListener("change", resegment);
 
 $("song-file").addEventListener("change", (event) => {
   const file = event.target.files[0];

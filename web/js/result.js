@@ -43,12 +43,15 @@ export function resultDict(r, digits = 6) {
     start: roundTo(s / r.sampleRate, 3),
     top: tops(topClasses(r.windowProbabilities[i], r.topK, r.classNames), digits),
   }));
-  if (r.segments) {
-    out.segments = r.segments.map((s) => ({
-      start: roundTo(s.start, 3), end: roundTo(s.end, 3), genre: s.genre, probability: roundTo(s.probability, digits),
-    }));
-  }
+  if (r.segments) out.segments = segmentDicts(r.segments, digits);
   return out;
+}
+
+/** Segments as Segment.as_dict writes them: times to 3 decimals, the probability to `digits`. */
+export function segmentDicts(segments, digits = 6) {
+  return segments.map((s) => ({
+    start: roundTo(s.start, 3), end: roundTo(s.end, 3), genre: s.genre, probability: roundTo(s.probability, digits),
+  }));
 }
 
 /** The whole document, as the tagger's --json prints it for one file. */
