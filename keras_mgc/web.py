@@ -7,11 +7,11 @@
 The page (web/index.html, web/js/) runs the exporter's ONNX waveform model with
 onnxruntime-web (WebAssembly, one thread, in a Web Worker) on the listener's machine: the
 song is decoded by the browser (Web Audio), resampled to the model's rate, cut into the
-Python tagger's windows (keras_mgc/tag.py), and the page shows the whole-song genres, a
+Python tagger's windows (keras_mgc/windows.py), and the page shows the whole-song genres, a
 timeline of the per-window probabilities, the genre segments (keras_mgc/segments.py's
 algorithm) and the tagger's --json document to download. Nothing is sent anywhere.
 
-DIR is an export folder (``python -m export``: its ``onnx/`` folder is used) or a folder
+DIR is an export folder (``python -m keras_mgc.export``: its ``onnx/`` folder is used) or a folder
 holding ``model.onnx`` with its metadata ``model.json`` (class_names, sample_rate,
 crop_samples) and ``labels.txt``. The server refuses to start, with the reason, when the
 page's ONNX Runtime files were not prepared or the model folder lacks them or the metadata.
@@ -148,7 +148,7 @@ def model_folder(path: str | os.PathLike[str]) -> Path:
     folder = root if (root / "model.onnx").is_file() else root / "onnx"
     if not (folder / "model.onnx").is_file():
         raise WebError(f"{root}: no model.onnx (nor onnx/model.onnx): the page runs the exporter's ONNX "
-                       "waveform model; export with: python -m export --run RUN --formats onnx")
+                       "waveform model; export with: python -m keras_mgc.export --run RUN --formats onnx")
     meta_path = folder / "model.json"
     if not meta_path.is_file():
         raise WebError(f"{folder}: no model.json beside model.onnx: the page needs the exporter's metadata "

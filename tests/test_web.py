@@ -315,7 +315,7 @@ def test_server_refuses_without_prepared_runtime_and_serves_only_the_model_files
 
 
 def test_page_windows_are_the_taggers_windows(page):
-    from keras_mgc.tag import window_starts
+    from keras_mgc.windows import window_starts
 
     cases = [(n, w, h) for n in (1, 500, 44355, 44356, 44357, 66150, 661794, 1_000_003)
              for w, h in ((44356, 22050), (44356, 44356), (22050, 30000), (1000, 7))]

@@ -84,7 +84,7 @@ function checkMetadata(meta, where, labelsText) {
 
 const NO_METADATA = "has no model.json, the exporter's metadata beside model.onnx (class_names, " +
   "sample_rate, crop_samples): the page needs the model's sample rate and window, and will not guess them. " +
-  "Export the model with `python -m export` (it writes onnx/model.onnx, model.json and labels.txt)";
+  "Export the model with `python -m keras_mgc.export` (it writes onnx/model.onnx, model.json and labels.txt)";
 
 async function fetchOrNull(url) {
   const response = await fetch(url, { cache: "no-cache" });

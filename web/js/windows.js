@@ -1,4 +1,4 @@
-// The Python tagger's windows (keras_mgc/tag.py), sample for sample.
+// The Python tagger's windows (keras_mgc/windows.py: window_starts, Windower), sample for sample.
 //
 // - Window `w` samples (default: the model's training crop), starts every `h` samples from 0.
 // - Tail: when the regular windows do not reach the end, one more window aligned to the end
@@ -28,7 +28,7 @@ export function windowSamples(sampleRate, cropSamples, windowSeconds, hopSeconds
   return { w, h };
 }
 
-/** Start samples of the windows over `n` samples (tag.window_starts). */
+/** Start samples of the windows over `n` samples (keras_mgc.windows.window_starts). */
 export function windowStarts(n, w, h) {
   if (n <= w) return [0];
   const starts = [];
