@@ -303,7 +303,7 @@ async function tagFile(file) {
       starts: done.starts, windowProbabilities, probabilities, topK, notes,
       seconds: (performance.now() - started) / 1000, segments });
     const doc = taggerDocument({ model: model.name, classNames: model.classNames, sampleRate: model.sampleRate,
-      w, h, topK, result });
+      w, h, topK, hysteresis, minSegment, result });
     kmgc.raw = { probabilities, windowProbabilities, starts: startsSeconds, segments, samples: n, fileName: file.name,
                  window: w / model.sampleRate, hop: h / model.sampleRate };
     kmgc.document = doc;
@@ -372,9 +372,11 @@ function resegment() {
   if (busy || kmgc.state !== "done" || !kmgc.raw) return;
   const raw = kmgc.raw, doc = kmgc.document, result = doc.results[0];
   let segments;
+  const hysteresis = readNumber("hysteresis", 0.1);
+  const minSegment = readNumber("min-segment", 10);
   try {
     segments = segmentWindows(raw.windowProbabilities, raw.starts, raw.window, raw.hop, raw.samples / model.sampleRate,
-      model.classNames, readNumber("hysteresis", 0.1), readNumber("min-segment", 10));
+      model.classNames, hysteresis, minSegment);
   } catch (err) {
     showMessage(err.message);
     return;
@@ -382,6 +384,8 @@ function resegment() {
   showMessage("");
   raw.segments = segments;
   result.segments = segmentDicts(segments);
+  doc.hysteresis = hysteresis;
+  doc.min_segment = minSegment;
   render(raw.fileName, doc, result, { starts: raw.starts, windowProbabilities: raw.windowProbabilities,
     window: raw.window, hop: raw.hop, duration: raw.samples / model.sampleRate, classNames: model.classNames, segments });
 }

@@ -54,8 +54,8 @@ export function segmentDicts(segments, digits = 6) {
   }));
 }
 
-/** The whole document, as the tagger's --json prints it for one file. */
-export function taggerDocument({ model, classNames, sampleRate, w, h, topK, result }) {
+/** The whole document, as the tagger's `--json --timeline --segments` prints it for one file. */
+export function taggerDocument({ model, classNames, sampleRate, w, h, topK, hysteresis, minSegment, result }) {
   return {
     model,
     class_names: [...classNames],
@@ -63,6 +63,8 @@ export function taggerDocument({ model, classNames, sampleRate, w, h, topK, resu
     window: roundTo(w / sampleRate, 6),
     hop: roundTo(h / sampleRate, 6),
     top_k: Math.min(topK, classNames.length),
+    hysteresis,
+    min_segment: minSegment,
     files: 1,
     failed: result.error ? 1 : 0,
     results: [result],
