@@ -24,7 +24,9 @@ EXPORT = [
 ]
 # mediapipe: tests/test_mediapipe.py loads the task-ready models in its AudioClassifier; it
 # installs beside TensorFlow 2.21 without conflicts (BUILD_NOTES.md "Task-ready TFLite").
-TESTS = ["pytest==9.2.0", "hypothesis==6.170.17", "mediapipe==1.2.2"]
+# selenium drives Debian's chromium + chromium-driver in tests/test_web.py (apt: scripts/install-test-deps);
+# 4.50.0 because 4.52.0 needs a certifi newer than the package index has.
+TESTS = ["pytest==9.2.0", "hypothesis==6.170.17", "selenium==4.50.0", "mediapipe==1.2.2"]
 
 setup(
     name="keras-mgc",
