@@ -340,7 +340,7 @@ def _build_task_models(opts: ExportOptions, models: Any, stage: Path, model_name
             flatbuffer = task_model.build_task_model(models, precision, window, meta)
             art.details.update(task_model.check_task_contract(flatbuffer, len(src.class_names), window))
             art.path = stage / art.name
-            publish.write_bytes(art.path, flatbuffer)
+            kio.write_bytes(art.path, flatbuffer)
             art.runner = verify.TFLiteTaskRunner(art.path, window, threads=1)
         except Exception as exc:
             art.error = _err(exc)
