@@ -181,14 +181,19 @@ class DataConfig(_Section):
     data_cycle: PositiveInt = 8
     synthetic_clips_per_class: PositiveInt = 12  # for dataset: synthetic
     synthetic_seconds: PositiveFloat = 6.0
+    # A folder written by `python -m keras_mgc.data.shard`: training then reads its TFRecord
+    # shards with tf.data (split, classes and clips all come from its manifest.json).
+    shards: str | None = None
+    shuffle_buffer: NonNegativeInt = 1024  # records; for data.shards (0 or 1: no record shuffle)
+    interleave_cycle: PositiveInt = 16  # shard files read at once per input pipeline, for data.shards
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
-        if self.dataset != "synthetic" and self.root is None:
+        if self.dataset != "synthetic" and self.root is None and self.shards is None:
             raise ValueError(f"root: dataset '{self.dataset}' needs a data folder (data.root or --data-dir)")
         if self.split == "lists" and self.split_dir is None:
             raise ValueError("split_dir: split 'lists' needs a folder of split lists")
-        for key in ("root", "split_dir"):
+        for key in ("root", "split_dir", "shards"):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -198,6 +203,8 @@ class DataConfig(_Section):
                 raise ValueError(f"{key}: not a usable path ({exc.__class__.__name__}: {exc})") from None
             if not exists:
                 raise ValueError(f"{key}: path does not exist: {value}")
+        if self.shards is not None and not (Path(self.shards) / "manifest.json").is_file():
+            raise ValueError(f"shards: {self.shards} holds no manifest.json (write it with python -m keras_mgc.data.shard)")
         return self
 
 
