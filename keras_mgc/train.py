@@ -91,11 +91,13 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
+def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = None) -> int:
     """Train and evaluate every fold of the recipe; returns the exit code.
 
     `command` (the command line) is recorded in the results, so a reader sees the overrides
-    that the recipe's own description does not mention.
+    that the recipe's own description does not mention. `info` (keras_mgc.distributed.TaskInfo)
+    is this process's place in a multi-worker job: only the chief evaluates and writes the
+    run's files; another worker trains in step with it, writing into a temporary folder.
     """
     import keras
     import tensorflow as tf
@@ -114,55 +116,84 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
     log.info("precision %s, %d replica(s) (%s)", policy, strategy.num_replicas_in_sync, type(strategy).__name__)
 
     from keras_mgc.data.datasets import DatasetError
+    from keras_mgc.data.shard_input import ShardedData, ShardSet, check_shards_match
+    from keras_mgc.data.sources import Fold
+    from keras_mgc.distributed import TaskInfo, worker_dir
 
-    try:
-        data = prepare_data(recipe.data, run_dir, recipe.seed)
-    except DatasetError as exc:  # too many unreadable files: still record which and why
-        if getattr(exc, "skipped", None) is None:
-            raise
-        write_json(run_dir / "skipped.json", exc.skipped)
-        raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
+    info = info or TaskInfo("worker", 0, 1)
+    work_dir = worker_dir(run_dir, info)  # the run folder for the chief
+    if recipe.data.shards is not None:
+        shards = ShardSet(recipe.data.shards)
+        check_shards_match(shards, recipe.model.input, recipe.model.frontend.sample_rate)
+        data: Any = ShardedData(shards)
+        folds = [Fold(data.fold_number(), data.fold_name(), [], [], [])]
+        skipped, flagged = shards.manifest["skipped"], shards.manifest["flagged"]
+    else:
+        try:
+            data = prepare_data(recipe.data, work_dir, recipe.seed)
+        except DatasetError as exc:  # too many unreadable files: still record which and why
+            if getattr(exc, "skipped", None) is None or not info.is_chief:
+                raise
+            write_json(run_dir / "skipped.json", exc.skipped)
+            raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
+        folds, skipped, flagged = data.folds, data.skipped, data.store.flagged
     print(f"Training on: {data.description}", flush=True)
-    write_json(run_dir / "skipped.json", data.skipped)
-    if data.skipped:
-        print(f"{len(data.skipped)} file(s) skipped, reasons in {run_dir / 'skipped.json'}", flush=True)
-    if data.store.flagged:
-        print(f"{len(data.store.flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
+    if info.is_chief:
+        write_json(run_dir / "skipped.json", skipped)
+        write_json(run_dir / "classes.json", data.class_names)
+    if skipped:
+        print(f"{len(skipped)} file(s) skipped, reasons in {run_dir / 'skipped.json'}", flush=True)
+    if flagged:
+        print(f"{len(flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
               f"in {run_dir / 'results.json'}", flush=True)
-    write_json(run_dir / "classes.json", data.class_names)
     recipe_dict = recipe_to_dict(recipe)
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
-    for fold in data.folds:
+    sharded = recipe.data.shards is not None
+    for fold in folds:
         fold_dir = run_dir / fold.name
         record_path = fold_dir / "fold.json"
         if record_path.is_file():
             print(f"{fold.name}: already complete, skipped", flush=True)
             records.append(read_json(record_path))
             continue
-        print(f"{fold.name}: train {len(fold.train)}, valid {len(fold.valid)}, test {len(fold.test)} tracks", flush=True)
+        sizes = (data.report()["folds"][fold.name]["sizes"] if sharded else
+                 {"train": len(fold.train), "valid": len(fold.valid), "test": len(fold.test)})
+        print(f"{fold.name}: " + ", ".join(f"{p} {n}" for p, n in sizes.items()) + " tracks", flush=True)
         try:
-            training = train_fold(recipe, data, fold, fold_dir, strategy)
+            training = train_fold(recipe, data, fold, work_dir / fold.name, strategy, restore_dir=fold_dir)
         except TrainingDiverged as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             extra["stopped"] = {"fold": fold.name, "reason": str(exc)}
             status = 1
             break
+        print(f"{fold.name}: final weights digest {training['weights_digest']} (worker {info.index})", flush=True)
+        if not info.is_chief:  # the chief evaluates and publishes
+            continue
         keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
         model = load_float32(str(fold_dir / "best.keras"), recipe.model, len(data.class_names))
         keras.mixed_precision.set_global_policy(policy)
-        test_store = data.store.subset(data.positions(fold.test))
-        test = evaluate_fold(Predictor(model), test_store, data.labels(fold.test), data.class_names,
+        if sharded:
+            test_store = data.shards.clips("test")
+            test_labels, split_report = test_store.labels, data.report()["folds"][fold.name]
+        else:
+            test_store = data.store.subset(data.positions(fold.test))
+            test_labels, split_report = data.labels(fold.test), fold.report()
+        test = evaluate_fold(Predictor(model), test_store, test_labels, data.class_names,
                              recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops, fold_dir,
                              f"{recipe.name} {fold.name}")
         record = {"fold": fold.number, "name": fold.name, "checkpoint": f"{fold.name}/best.keras",
-                  **{k: v for k, v in training.items() if k != "history"}, "split": fold.report(), "test": test}
+                  **{k: v for k, v in training.items() if k != "history"}, "split": split_report, "test": test}
         write_json(fold_dir / "history.json", training["history"])
         write_json(record_path, record)
         records.append(record)
         scores = ", ".join(f"{m} {100 * test[m]['accuracy']:.1f}%" for m in test)
         print(f"{fold.name}: best epoch {training['best_epoch']}, test accuracy {scores}", flush=True)
+    if not info.is_chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"worker {info.index}: done (the chief writes the results)", flush=True)
+        return status
     if records:
         results = write_results(run_dir, recipe_dict, data.report(), records, recipe.eval.headline, extra)
         head = results["summary"][recipe.eval.headline]["accuracy"]
@@ -174,18 +205,26 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from keras_mgc.distributed import ClusterError, TaskInfo, configure_cluster
+
     try:
         recipe = recipe_from_args(args)
-        run_dir = open_run(recipe, args.resume, args.overwrite)
-    except RecipeError as exc:
+        info = configure_cluster() if recipe.train.distribute == "multi_worker" else TaskInfo("worker", 0, 1)
+        if info.is_chief:
+            run_dir = open_run(recipe, args.resume, args.overwrite)
+        else:  # the chief checks and records the run folder; --overwrite is the chief's to do
+            run_dir = recipe.run_dir()
+    except (RecipeError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from keras_mgc.data.datasets import DatasetError
+    from keras_mgc.data.shard import ShardError
     from keras_mgc.data.splits import SplitError
 
     try:
-        return run(recipe, run_dir, "python -m keras_mgc.train " + shlex.join(sys.argv[1:] if argv is None else argv))
-    except (DatasetError, SplitError) as exc:
+        return run(recipe, run_dir, "python -m keras_mgc.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+                   info)
+    except (DatasetError, SplitError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

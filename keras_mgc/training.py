@@ -22,7 +22,9 @@ import tensorflow as tf
 
 from keras_mgc.config import OptimizerConfig, Recipe, ScheduleConfig
 from keras_mgc.data.pipeline import ClipStore, CropSampler, distributed_training_input, training_dataset
+from keras_mgc.data.shard_input import ShardedData
 from keras_mgc.data.sources import Fold, PreparedData
+from keras_mgc.distributed import fix_keras_multi_worker, task_info
 from keras_mgc.evaluation import Predictor
 from keras_mgc.io import atomic_path, read_json, write_json
 from keras_mgc.models import build_model
@@ -47,7 +49,10 @@ def resolve_precision(name: str) -> str:
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for `train.distribute` (auto: MirroredStrategy with several GPUs)."""
     gpus = tf.config.list_physical_devices("GPU")
-    if name == "multi_worker":
+    if name == "multi_worker":  # the cluster from TF_CONFIG, or from Slurm (keras_mgc.distributed)
+        from keras_mgc.distributed import configure_cluster
+
+        configure_cluster()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
@@ -118,12 +123,16 @@ class RunState(keras.callbacks.BackupAndRestore):
     step). Nothing of that epoch is saved; it is raised as TrainingDiverged after `fit`.
     """
 
-    def __init__(self, fold_dir: str | Path, monitor: str | None = "val_accuracy") -> None:
+    def __init__(self, fold_dir: str | Path, monitor: str | None = "val_accuracy",
+                 restore_dir: str | Path | None = None) -> None:
         fold_dir = Path(fold_dir)
         super().__init__(backup_dir=str(fold_dir / "backup"), save_freq="epoch", delete_checkpoint=False)
         self.fold_dir, self.monitor = fold_dir, monitor
+        # A non-chief worker writes into its own temporary fold_dir but resumes from the
+        # chief's backup (restore_dir), so that every worker restarts at the same epoch.
+        self.restore_dir = Path(restore_dir) if restore_dir is not None else fold_dir
         self.best_path = fold_dir / "best.keras"
-        self.state_path = fold_dir / "backup" / "state.json"
+        self.state_path = self.restore_dir / "backup" / "state.json"
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -160,7 +169,7 @@ class RunState(keras.callbacks.BackupAndRestore):
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.fold_dir / "backup" / state["weights"])
+        self.model.load_weights(self.restore_dir / "backup" / state["weights"])
         self.model._initial_epoch = int(state["epoch"])
         self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
         self._publish_best()
@@ -208,7 +217,7 @@ class RunState(keras.callbacks.BackupAndRestore):
         weights = f"weights-{epoch + 1:04d}.weights.h5"
         with atomic_path(backup / weights) as tmp:
             self.model.save_weights(tmp)
-        write_json(self.state_path, {"epoch": epoch + 1, "weights": weights, "history": self.history,
+        write_json(backup / "state.json", {"epoch": epoch + 1, "weights": weights, "history": self.history,
                                      "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor})
         self._publish_best()
         for old in backup.glob("weights-*.weights.h5"):
@@ -227,9 +236,13 @@ def fold_seed(recipe: Recipe, fold: Fold) -> int:
     return recipe.seed + fold.number
 
 
-def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
-               strategy: tf.distribute.Strategy) -> dict[str, Any]:
-    """Train (or resume) one fold; returns its training record. Raises TrainingDiverged."""
+def train_fold(recipe: Recipe, data: PreparedData | ShardedData, fold: Fold, fold_dir: Path,
+               strategy: tf.distribute.Strategy, restore_dir: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) one fold; returns its training record. Raises TrainingDiverged.
+
+    `data` is decoded clips (PreparedData) or a shard folder (ShardedData, read by tf.data).
+    On a non-chief worker `fold_dir` is its temporary folder and `restore_dir` the chief's.
+    """
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = fold_seed(recipe, fold)
     keras.utils.set_random_seed(seed)
@@ -240,20 +253,42 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
         model.compile(optimizer=make_optimizer(train_cfg.optimizer),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    train_store = data.store.subset(data.positions(fold.train))
-    sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
-                          train_cfg.steps_per_epoch)
-    state = RunState(fold_dir, train_cfg.monitor if fold.valid else None)
-    initial_epoch = state.initial_epoch
-    labels = data.labels(fold.train)
-    if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
+    fix_keras_multi_worker(model, strategy)
+    distributed = strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if isinstance(data, ShardedData):
+        shards = data.shards
+        has_valid = "valid" in shards.parts() and shards.n_records("valid") > 0
+        state = RunState(fold_dir, train_cfg.monitor if has_valid else None, restore_dir)
+        initial_epoch = state.initial_epoch
+        options = dict(data_cycle=recipe.data.data_cycle, initial_epoch=initial_epoch,
+                       shuffle_buffer=recipe.data.shuffle_buffer, interleave_cycle=recipe.data.interleave_cycle,
+                       max_steps=train_cfg.steps_per_epoch)
+        # One input pipeline per worker (distribute_datasets_from_function), so one per process.
+        pipelines = task_info().num_workers if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else 1
+        steps_per_epoch = shards.steps_per_epoch("train", train_cfg.batch_size, recipe.data.data_cycle, pipelines,
+                                                 train_cfg.steps_per_epoch)
+        if distributed:
+            inputs = shards.distributed_training_input(strategy, "train", crop, seed, train_cfg.batch_size, **options)
+        else:
+            inputs = shards.training_dataset("train", crop, seed, train_cfg.batch_size, **options)
+        valid_clips = shards.clips("valid") if has_valid else None
+        valid = (valid_clips, valid_clips.labels) if valid_clips is not None else None
     else:
-        inputs = training_dataset(train_store, labels, sampler, initial_epoch)
+        train_store = data.store.subset(data.positions(fold.train))
+        sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
+                              train_cfg.steps_per_epoch)
+        state = RunState(fold_dir, train_cfg.monitor if fold.valid else None, restore_dir)
+        initial_epoch = state.initial_epoch
+        steps_per_epoch = sampler.steps_per_epoch
+        labels = data.labels(fold.train)
+        if distributed:
+            inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
+        else:
+            inputs = training_dataset(train_store, labels, sampler, initial_epoch)
+        valid = ((data.store.subset(data.positions(fold.valid)), data.labels(fold.valid)) if fold.valid else None)
     callbacks: list[keras.callbacks.Callback] = []
-    if fold.valid:
-        callbacks.append(WholeClipValidation(data.store.subset(data.positions(fold.valid)), data.labels(fold.valid),
-                                             crop))
+    if valid is not None:
+        callbacks.append(WholeClipValidation(valid[0], valid[1], crop))
     callbacks += [
         keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: learning_rate_at(epoch, train_cfg.epochs, train_cfg.optimizer, train_cfg.schedule)),
@@ -263,16 +298,27 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
     if initial_epoch < train_cfg.epochs:
         if initial_epoch:
             log.info("%s: resuming at epoch %d of %d", fold.name, initial_epoch + 1, train_cfg.epochs)
-        model.fit(inputs, epochs=train_cfg.epochs, steps_per_epoch=sampler.steps_per_epoch,
+        model.fit(inputs, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=train_cfg.verbose, shuffle=False)
     else:
         state.set_model(model)
         state.on_train_begin()
     if state.diverged:
         raise TrainingDiverged(state.diverged)
-    return {"seed": seed, "best_epoch": state.best_epoch, "val_accuracy": state.best if fold.valid else None,
+    return {"seed": seed, "best_epoch": state.best_epoch, "weights_digest": weights_digest(model),
+            "val_accuracy": state.best if state.monitor is not None else None,
             "monitor": state.monitor, "epochs_run": len(state.history), "resumed_from_epoch": initial_epoch,
-            "steps_per_epoch": sampler.steps_per_epoch, "history": state.history}
+            "steps_per_epoch": steps_per_epoch, "history": state.history}
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of the model's weights (16 hex digits): equal on every worker of an in-sync job."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
 
 
 def crop_length(recipe: Recipe) -> int:

@@ -98,7 +98,8 @@ def _example(tf: Any, payload: bytes, length: int, label: int, key: str, index: 
 
     features = {"x": raw(payload), "length": ints(length), "label": ints(label), "key": raw(key.encode()),
                 "index": ints(index), "crc32": ints(zlib.crc32(payload))}
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # deterministic: map fields in a fixed order, so the same clips give the same bytes (and sha256)
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def parse_record(serialized: bytes) -> dict[str, Any]:
@@ -319,6 +320,10 @@ def _run_jobs(todo: list[ShardJob], out: Path, kind: str, sample_rate: int, work
               records: dict[str, dict[str, Any]]) -> None:
     """Write shards in `workers` processes, recording each as it completes (so an interruption
     loses at most the shards in flight)."""
+    if workers == 1:  # in this process: no start-up cost, same code path per shard
+        for job in todo:
+            _record(out, job, write_shard(job, str(out), kind, sample_rate), records)
+        return
     context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
         pending: dict[Future, ShardJob] = {pool.submit(write_shard, job, str(out), kind, sample_rate): job
@@ -327,16 +332,19 @@ def _run_jobs(todo: list[ShardJob], out: Path, kind: str, sample_rate: int, work
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    job = pending.pop(future)
-                    record = future.result()
-                    write_json(out / PROGRESS / f"{job.file}.json", record)
-                    records[job.file] = record
-                    print(f"{job.file}: {record['n_records']} records"
-                          + (f", {len(record['skipped'])} skipped" if record["skipped"] else ""), flush=True)
+                    _record(out, pending.pop(future), future.result(), records)
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
+
+
+def _record(out: Path, job: ShardJob, record: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
+    """Mark a published shard as done (after its rename: a kill in between only redoes it)."""
+    write_json(out / PROGRESS / f"{job.file}.json", record)
+    records[job.file] = record
+    print(f"{job.file}: {record['n_records']} records"
+          + (f", {len(record['skipped'])} skipped" if record["skipped"] else ""), flush=True)
 
 
 # --------------------------------------------------------------------------- from a recipe

@@ -115,14 +115,19 @@ class ShardSet:
     def training_dataset(self, part: str, crop: int, seed: int, global_batch: int, data_cycle: int = 1,
                          initial_epoch: int = 0, num_pipelines: int = 1, pipeline_id: int = 0,
                          shuffle_buffer: int = 1024, interleave_cycle: int = 16,
-                         max_steps: int | None = None) -> Any:
-        """An endless tf.data stream of (crops, labels) batches of global_batch / num_pipelines, from
-        epoch `initial_epoch` on; each epoch is `steps_per_epoch(...)` batches."""
+                         max_steps: int | None = None, batch_size: int | None = None) -> Any:
+        """An endless tf.data stream of (crops, labels) batches from epoch `initial_epoch` on.
+
+        An epoch is `steps_per_epoch(...)` global batches, of which this pipeline serves
+        global_batch / num_pipelines crops, in batches of `batch_size` (default: all of
+        them; tf.distribute passes the per-replica batch).
+        """
         import tensorflow as tf
 
         if global_batch % num_pipelines:
             raise ShardError(f"global batch {global_batch} is not divisible by {num_pipelines} input pipelines")
         batch = global_batch // num_pipelines
+        batch_size = batch_size or batch
         steps = self.steps_per_epoch(part, global_batch, data_cycle, num_pipelines, max_steps)
         files = tf.constant(self.files(part))
         n_files = len(self.files(part))
@@ -158,7 +163,7 @@ class ShardSet:
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             ds = ds.map(lambda r: parse_and_crop(r, key), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             if shuffle_buffer > 1:
-                ds = ds.shuffle(shuffle_buffer, seed=tf.bitcast(key[0] ^ key[1], tf.int64))
+                ds = ds.shuffle(shuffle_buffer, seed=key[0])
             return ds
 
         def one_epoch(epoch: Any) -> Any:
@@ -170,7 +175,7 @@ class ShardSet:
         options.deterministic = True
         # Files are dealt to pipelines above; tf.distribute must not shard again.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(options)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(options)
 
     def distributed_training_input(self, strategy: Any, part: str, crop: int, seed: int, global_batch: int,
                                    **kwargs: Any) -> Any:
@@ -178,7 +183,8 @@ class ShardSet:
 
         def dataset_fn(context: Any) -> Any:
             return self.training_dataset(part, crop, seed, global_batch, num_pipelines=context.num_input_pipelines,
-                                         pipeline_id=context.input_pipeline_id, **kwargs)
+                                         pipeline_id=context.input_pipeline_id,
+                                         batch_size=context.get_per_replica_batch_size(global_batch), **kwargs)
 
         return strategy.distribute_datasets_from_function(dataset_fn)
 
