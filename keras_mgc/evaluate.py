@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from keras_mgc.data.datasets import DatasetError
-    from keras_mgc.data.sources import prepare_data
+    from keras_mgc.data.shard import ShardError
+    from keras_mgc.data.sources import load_data
     from keras_mgc.data.splits import SplitError
     from keras_mgc.evaluation import Predictor, evaluate_fold, write_results
     from keras_mgc.io import read_json, write_json
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     keras.mixed_precision.set_global_policy("float32")
     try:
-        data = prepare_data(recipe.data, run_dir, recipe.seed)
-    except (DatasetError, SplitError) as exc:
+        data = load_data(recipe.data, run_dir, recipe.seed)
+    except (DatasetError, SplitError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wanted = {int(k) for k in args.folds.split(",")} if args.folds else None
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
                 records.append(record)
                 continue
-            store = data.store.subset(data.positions(fold.test))
-            record["test"] = evaluate_fold(Predictor(model), store, data.labels(fold.test), data.class_names,
+            store, labels = data.part(fold, "test")
+            record["test"] = evaluate_fold(Predictor(model), store, labels, data.class_names,
                                            recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops,
                                            fold_dir, f"{recipe.name} {fold.name}")
             write_json(record_path, record)

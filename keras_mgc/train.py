@@ -102,7 +102,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     import keras
     import tensorflow as tf
 
-    from keras_mgc.data.sources import prepare_data
+    from keras_mgc.data.sources import load_data
     from keras_mgc.evaluation import Predictor, evaluate_fold, write_results
     from keras_mgc.io import read_json, write_json
     from keras_mgc.models import load_float32
@@ -116,27 +116,21 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     log.info("precision %s, %d replica(s) (%s)", policy, strategy.num_replicas_in_sync, type(strategy).__name__)
 
     from keras_mgc.data.datasets import DatasetError
-    from keras_mgc.data.shard_input import ShardedData, ShardSet, check_shards_match
-    from keras_mgc.data.sources import Fold
+    from keras_mgc.data.shard_input import ShardedData, check_shards_match
     from keras_mgc.distributed import TaskInfo, worker_dir
 
     info = info or TaskInfo("worker", 0, 1)
     work_dir = worker_dir(run_dir, info)  # the run folder for the chief
-    if recipe.data.shards is not None:
-        shards = ShardSet(recipe.data.shards)
-        check_shards_match(shards, recipe.model.input, recipe.model.frontend.sample_rate)
-        data: Any = ShardedData(shards)
-        folds = [Fold(data.fold_number(), data.fold_name(), [], [], [])]
-        skipped, flagged = shards.manifest["skipped"], shards.manifest["flagged"]
-    else:
-        try:
-            data = prepare_data(recipe.data, work_dir, recipe.seed)
-        except DatasetError as exc:  # too many unreadable files: still record which and why
-            if getattr(exc, "skipped", None) is None or not info.is_chief:
-                raise
-            write_json(run_dir / "skipped.json", exc.skipped)
-            raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
-        folds, skipped, flagged = data.folds, data.skipped, data.store.flagged
+    try:
+        data = load_data(recipe.data, work_dir, recipe.seed)
+    except DatasetError as exc:  # too many unreadable files: still record which and why
+        if getattr(exc, "skipped", None) is None or not info.is_chief:
+            raise
+        write_json(run_dir / "skipped.json", exc.skipped)
+        raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
+    if isinstance(data, ShardedData):
+        check_shards_match(data.shards, recipe.model.input, recipe.model.frontend.sample_rate)
+    folds, skipped, flagged = data.folds, data.skipped, data.flagged
     print(f"Training on: {data.description}", flush=True)
     if info.is_chief:
         write_json(run_dir / "skipped.json", skipped)
@@ -150,7 +144,6 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
-    sharded = recipe.data.shards is not None
     for fold in folds:
         fold_dir = run_dir / fold.name
         record_path = fold_dir / "fold.json"
@@ -158,9 +151,9 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
             print(f"{fold.name}: already complete, skipped", flush=True)
             records.append(read_json(record_path))
             continue
-        sizes = (data.report()["folds"][fold.name]["sizes"] if sharded else
-                 {"train": len(fold.train), "valid": len(fold.valid), "test": len(fold.test)})
-        print(f"{fold.name}: " + ", ".join(f"{p} {n}" for p, n in sizes.items()) + " tracks", flush=True)
+        split_report = data.report()["folds"][fold.name]
+        print(f"{fold.name}: " + ", ".join(f"{p} {n}" for p, n in split_report["sizes"].items()) + " tracks",
+              flush=True)
         try:
             training = train_fold(recipe, data, fold, work_dir / fold.name, strategy, restore_dir=fold_dir)
         except TrainingDiverged as exc:
@@ -174,12 +167,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
         keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
         model = load_float32(str(fold_dir / "best.keras"), recipe.model, len(data.class_names))
         keras.mixed_precision.set_global_policy(policy)
-        if sharded:
-            test_store = data.shards.clips("test")
-            test_labels, split_report = test_store.labels, data.report()["folds"][fold.name]
-        else:
-            test_store = data.store.subset(data.positions(fold.test))
-            test_labels, split_report = data.labels(fold.test), fold.report()
+        test_store, test_labels = data.part(fold, "test")
         test = evaluate_fold(Predictor(model), test_store, test_labels, data.class_names,
                              recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops, fold_dir,
                              f"{recipe.name} {fold.name}")

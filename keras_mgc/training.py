@@ -271,8 +271,7 @@ def train_fold(recipe: Recipe, data: PreparedData | ShardedData, fold: Fold, fol
             inputs = shards.distributed_training_input(strategy, "train", crop, seed, train_cfg.batch_size, **options)
         else:
             inputs = shards.training_dataset("train", crop, seed, train_cfg.batch_size, **options)
-        valid_clips = shards.clips("valid") if has_valid else None
-        valid = (valid_clips, valid_clips.labels) if valid_clips is not None else None
+        valid = data.part(fold, "valid") if has_valid else None
     else:
         train_store = data.store.subset(data.positions(fold.train))
         sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
@@ -285,7 +284,7 @@ def train_fold(recipe: Recipe, data: PreparedData | ShardedData, fold: Fold, fol
             inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
         else:
             inputs = training_dataset(train_store, labels, sampler, initial_epoch)
-        valid = ((data.store.subset(data.positions(fold.valid)), data.labels(fold.valid)) if fold.valid else None)
+        valid = data.part(fold, "valid") if fold.valid else None
     callbacks: list[keras.callbacks.Callback] = []
     if valid is not None:
         callbacks.append(WholeClipValidation(valid[0], valid[1], crop))

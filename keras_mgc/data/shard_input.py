@@ -261,18 +261,36 @@ class ShardedData:
         sizes = ", ".join(f"{p} {v['n_records']}" for p, v in m["parts"].items())
         return f"shards at {self.shards.folder} ({sizes}) of {m['source'].get('description', 'a dataset')}"
 
-    def fold_name(self) -> str:
-        return str(self.shards.manifest["source"].get("fold_name", "split"))
+    @property
+    def folds(self) -> list[Any]:
+        """The one fold the shards hold (its track lists stay empty: the tracks are in the shards)."""
+        from keras_mgc.data.sources import Fold
 
-    def fold_number(self) -> int:
-        return int(self.shards.manifest["source"].get("fold", 1))
+        source = self.shards.manifest["source"]
+        return [Fold(int(source.get("fold", 1)), str(source.get("fold_name", "split")), [], [], [])]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return list(self.shards.manifest["skipped"])
+
+    @property
+    def flagged(self) -> list[dict[str, str]]:
+        return list(self.shards.manifest["flagged"])
+
+    def sizes(self) -> dict[str, int]:
+        return {p: int(v["n_records"]) for p, v in self.shards.manifest["parts"].items()}
+
+    def part(self, fold: Any, name: str) -> tuple[ShardClips, list[int]]:
+        """The clips (streamed from the shards) and labels of part `name`."""
+        clips = self.shards.clips(name)
+        return clips, clips.labels
 
     def report(self) -> dict[str, Any]:
         m = self.shards.manifest
         return {"description": self.description, "shards": str(self.shards.folder), "class_names": self.class_names,
                 "n_files": sum(v["n_records"] for v in m["parts"].values()), "n_skipped": len(m["skipped"]),
                 "flagged": m["flagged"], "source": m["source"],
-                "folds": {self.fold_name(): {"sizes": {p: v["n_records"] for p, v in m["parts"].items()}}}}
+                "folds": {self.folds[0].name: {"sizes": self.sizes()}}}
 
 
 def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int, n_mels: int | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras_mgc.config import DataConfig
 from keras_mgc.data import splits as S
@@ -20,6 +20,9 @@ from keras_mgc.data.datasets import GTZAN_GENRES, DatasetError, DatasetIndex, Tr
 from keras_mgc.data.pipeline import ClipStore
 from keras_mgc.data.synthetic import describe as describe_synthetic
 from keras_mgc.data.synthetic import make_synthetic_dataset
+
+if TYPE_CHECKING:
+    from keras_mgc.data.shard_input import ShardedData
 
 log = logging.getLogger("keras_mgc")
 
@@ -63,6 +66,15 @@ class PreparedData:
     def labels(self, tracks: list[Track]) -> list[int]:
         lookup = {name: i for i, name in enumerate(self.class_names)}
         return [lookup[t.label] for t in tracks]
+
+    def part(self, fold: Fold, name: str) -> tuple[ClipStore, list[int]]:
+        """The clips and labels of one part ("train", "valid", "test") of `fold`."""
+        tracks = getattr(fold, name)
+        return self.store.subset(self.positions(tracks)), self.labels(tracks)
+
+    @property
+    def flagged(self) -> list[dict[str, str]]:
+        return self.store.flagged
 
     def report(self) -> dict[str, Any]:
         """The data actually used, for results.json."""
@@ -115,6 +127,16 @@ def _splits(cfg: DataConfig, index: DatasetIndex, seed: int) -> list[tuple[str, 
             return [("split", loaded)]
         folds = loaded
     return [(f"fold_{k:02d}", S.cv_fold(folds, k)) for k in range(1, len(folds) + 1)]
+
+
+def load_data(cfg: DataConfig, work_dir: str | Path, seed: int) -> "PreparedData | ShardedData":
+    """The data a recipe's `data:` section names: its shard folder (`data.shards`, read by
+    tf.data) or the dataset itself (`prepare_data`). Both give folds, parts and a report."""
+    if cfg.shards is not None:
+        from keras_mgc.data.shard_input import ShardedData, ShardSet
+
+        return ShardedData(ShardSet(cfg.shards))
+    return prepare_data(cfg, work_dir, seed)
 
 
 def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: str | Path | None = None) -> PreparedData:
