@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_mgc import bench
 from keras_mgc.bench import machine_info, peak_rss_mb
 
 CROP_FRAMES = 174  # 44,356 samples at hop 256: the paper's 2.01 s crop
@@ -79,7 +80,7 @@ def work_train(job: dict[str, Any]) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from keras_mgc.bench import timings
+    from keras_mgc.timing import timings
     from keras_mgc.config import load_recipe
     from keras_mgc.models import build_model, count_params
     from keras_mgc.models.flops import count_flops
@@ -100,14 +101,8 @@ def work_train(job: dict[str, Any]) -> dict[str, Any]:
 WORKERS = {"read": work_read, "train": work_train}
 
 
-def run_worker(job: dict[str, Any], timeout: int = 3600) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "keras_mgc.bench_scale", "--worker", json.dumps(job)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:500]}
-    return json.loads(lines[-1])
+def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    return bench.run_worker(job, module="keras_mgc.bench_scale")
 
 
 # --------------------------------------------------------------------------- orchestration

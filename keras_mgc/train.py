@@ -102,11 +102,10 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     import keras
     import tensorflow as tf
 
-    from keras_mgc.data.sources import load_data
-    from keras_mgc.evaluation import Predictor, evaluate_fold, write_results
+    from keras_mgc.data.prepare import load_data
+    from keras_mgc.scoring import evaluate_checkpoint, summarise_run
     from keras_mgc.io import read_json, write_json
-    from keras_mgc.models import load_float32
-    from keras_mgc.training import TrainingDiverged, crop_length, make_strategy, resolve_precision, train_fold
+    from keras_mgc.fold_trainer import TrainingDiverged, make_strategy, resolve_precision, train_fold
 
     if recipe.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -140,7 +139,6 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     if flagged:
         print(f"{len(flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
               f"in {run_dir / 'results.json'}", flush=True)
-    recipe_dict = recipe_to_dict(recipe)
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
@@ -164,13 +162,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
         print(f"{fold.name}: final weights digest {training['weights_digest']} (worker {info.index})", flush=True)
         if not info.is_chief:  # the chief evaluates and publishes
             continue
-        keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
-        model = load_float32(str(fold_dir / "best.keras"), recipe.model, len(data.class_names))
-        keras.mixed_precision.set_global_policy(policy)
-        test_store, test_labels = data.part(fold, "test")
-        test = evaluate_fold(Predictor(model), test_store, test_labels, data.class_names,
-                             recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops, fold_dir,
-                             f"{recipe.name} {fold.name}")
+        test = evaluate_checkpoint(recipe, data, fold, fold_dir)
         record = {"fold": fold.number, "name": fold.name, "checkpoint": f"{fold.name}/best.keras",
                   **{k: v for k, v in training.items() if k != "history"}, "split": split_report, "test": test}
         write_json(fold_dir / "history.json", training["history"])
@@ -183,10 +175,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
         print(f"worker {info.index}: done (the chief writes the results)", flush=True)
         return status
     if records:
-        results = write_results(run_dir, recipe_dict, data.report(), records, recipe.eval.headline, extra)
-        head = results["summary"][recipe.eval.headline]["accuracy"]
-        print(f"{recipe.name}: {recipe.eval.headline} accuracy {100 * head['mean']:.1f} +- {100 * head['std']:.1f} % "
-              f"over {head['n']} fold(s); results in {run_dir / 'results.md'}", flush=True)
+        summarise_run(run_dir, recipe, data, records, extra)
     return status
 
 

@@ -353,18 +353,11 @@ def _record(out: Path, job: ShardJob, record: dict[str, Any], records: dict[str,
 def parts_from_recipe(recipe: Any, work_dir: Path, fold: int | None) -> tuple[dict[str, list[tuple[str, str, int]]],
                                                                                list[str], dict[str, Any]]:
     """The tracks of each part of one fold of the recipe's split, its classes, and a description."""
-    from keras_mgc.data import sources
     from keras_mgc.data import splits as S
+    from keras_mgc.data.prepare import resolve_fold
 
     cfg = recipe.data
-    index, description = sources._index(cfg, work_dir, recipe.seed)
-    splits = sources._splits(cfg, index, recipe.seed)
-    if fold is None:
-        fold = cfg.folds[0] if cfg.folds != "all" else 1
-    if not 1 <= fold <= len(splits):
-        raise S.SplitError(f"--fold {fold}: the split has folds 1..{len(splits)}")
-    name, split = splits[fold - 1]
-    resolved = S.resolve_split(split, index, cfg.allow_missing)
+    index, description, name, fold, resolved = resolve_fold(cfg, work_dir, recipe.seed, fold)
     lookup = {c: i for i, c in enumerate(index.class_names)}
     parts = {p: [(t.path, t.key, lookup[t.label]) for t in resolved.parts[p]] for p in S.PARTS if resolved.parts[p]}
     source = {"description": description, "root": index.root, "layout": index.layout, "split": cfg.split,

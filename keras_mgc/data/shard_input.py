@@ -264,7 +264,7 @@ class ShardedData:
     @property
     def folds(self) -> list[Any]:
         """The one fold the shards hold (its track lists stay empty: the tracks are in the shards)."""
-        from keras_mgc.data.sources import Fold
+        from keras_mgc.data.prepare import Fold
 
         source = self.shards.manifest["source"]
         return [Fold(int(source.get("fold", 1)), str(source.get("fold_name", "split")), [], [], [])]

@@ -22,12 +22,16 @@ import tensorflow as tf
 
 from keras_mgc.config import OptimizerConfig, Recipe, ScheduleConfig
 from keras_mgc.data.pipeline import ClipStore, CropSampler, distributed_training_input, training_dataset
+from keras_mgc.data.prepare import Fold, PreparedData
 from keras_mgc.data.shard_input import ShardedData
-from keras_mgc.data.sources import Fold, PreparedData
 from keras_mgc.distributed import fix_keras_multi_worker, task_info
-from keras_mgc.evaluation import Predictor
 from keras_mgc.io import atomic_path, read_json, write_json
 from keras_mgc.models import build_model
+from keras_mgc.scoring import Predictor
+from keras_mgc.windows import crop_length
+
+__all__ = ["TrainingDiverged", "resolve_precision", "make_strategy", "learning_rate_at", "make_optimizer",
+           "WholeClipValidation", "RunState", "fold_seed", "train_fold", "weights_digest"]
 
 log = logging.getLogger("keras_mgc")
 
@@ -318,10 +322,3 @@ def weights_digest(model: keras.Model) -> str:
     for w in model.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()[:16]
-
-
-def crop_length(recipe: Recipe) -> int:
-    """Training crop in the model's input unit: samples for audio, frames for mels."""
-    if recipe.model.input == "mel":
-        return 1 + recipe.data.crop_samples // recipe.model.frontend.hop_length
-    return recipe.data.crop_samples

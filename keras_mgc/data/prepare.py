@@ -24,6 +24,8 @@ from keras_mgc.data.synthetic import make_synthetic_dataset
 if TYPE_CHECKING:
     from keras_mgc.data.shard_input import ShardedData
 
+__all__ = ["Fold", "PreparedData", "prepare_data", "load_data", "resolve_fold"]
+
 log = logging.getLogger("keras_mgc")
 
 
@@ -127,6 +129,23 @@ def _splits(cfg: DataConfig, index: DatasetIndex, seed: int) -> list[tuple[str, 
             return [("split", loaded)]
         folds = loaded
     return [(f"fold_{k:02d}", S.cv_fold(folds, k)) for k in range(1, len(folds) + 1)]
+
+
+def resolve_fold(cfg: DataConfig, work_dir: str | Path, seed: int, fold: int | None = None
+                 ) -> tuple[DatasetIndex, str, str, int, S.ResolvedSplit]:
+    """One fold of the recipe's split resolved against the dataset, nothing decoded (for sharding).
+
+    Returns (index, description, fold name, fold number, resolved split); `fold` defaults
+    to the recipe's first (`data.folds`).
+    """
+    index, description = _index(cfg, Path(work_dir), seed)
+    splits = _splits(cfg, index, seed)
+    if fold is None:
+        fold = cfg.folds[0] if cfg.folds != "all" else 1
+    if not 1 <= fold <= len(splits):
+        raise S.SplitError(f"--fold {fold}: the split has folds 1..{len(splits)}")
+    name, split = splits[fold - 1]
+    return index, description, name, fold, S.resolve_split(split, index, cfg.allow_missing)
 
 
 def load_data(cfg: DataConfig, work_dir: str | Path, seed: int) -> "PreparedData | ShardedData":
