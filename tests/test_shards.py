@@ -130,14 +130,17 @@ def test_killed_writer_resumes_and_produces_the_same_shards(written, corpus, tmp
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    def done() -> list[Path]:  # progress records (not a record being written: .name.tmp-*)
+        return [p for p in (out / S.PROGRESS).glob("*.json") if not p.name.startswith(".")]
+
     deadline = time.monotonic() + 240
-    while not list((out / S.PROGRESS).glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+    while not done() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the writer finished before it could be interrupted: " + proc.stdout.read()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / S.MANIFEST).exists()
-    n_done = len(list((out / S.PROGRESS).glob("*.json")))
+    n_done = len(done())
     n_shards = sum(len(v["shards"]) for v in manifest["parts"].values())
     assert 1 <= n_done < n_shards
     again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -145,7 +148,7 @@ def test_killed_writer_resumes_and_produces_the_same_shards(written, corpus, tmp
     assert f"resuming, {n_done} of {n_shards} shards already written" in again.stdout
     resumed = json.loads((out / S.MANIFEST).read_text())
     assert resumed["parts"] == manifest["parts"]  # same files, counts and sha256 as the uninterrupted run
-    assert not list(out.glob(".*.tmp-*"))
+    assert not list(out.glob(".*.tmp-*")) and not list((out / S.PROGRESS).glob(".*.tmp-*"))
     # A third run finds it complete and changes nothing.
     before = (out / S.MANIFEST).stat().st_mtime_ns
     assert S.main(command[3:]) == 0

@@ -268,7 +268,7 @@ def shard_dataset(parts: dict[str, list[tuple[str, str, int]]], out_dir: str | o
         raise ShardError(f"{out}: folder is not empty and holds no shard plan; use --overwrite or another --output")
     write_json(plan_path, {"fingerprint": fingerprint, **settings, "n_shards": len(jobs)})
     (out / PROGRESS).mkdir(parents=True, exist_ok=True)
-    for leftover in out.glob(".*.tmp-*"):  # a shard that an interruption cut short
+    for leftover in [*out.glob(".*.tmp-*"), *(out / PROGRESS).glob(".*.tmp-*")]:  # cut short by an interruption
         leftover.unlink()
 
     records: dict[str, dict[str, Any]] = {}
