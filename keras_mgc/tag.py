@@ -68,6 +68,7 @@ Python API:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import numbers
@@ -711,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind, fmt, out_path = destination(args.output, args.format)
     except OutputError as exc:
         parser.error(str(exc))
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib (pip install matplotlib==3.11.2); the tagger itself does not")
     try:
         tagger = Tagger(args.model, labels=args.labels, threads=args.threads, batch=args.batch)
     except TaggerError as exc:

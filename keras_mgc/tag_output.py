@@ -9,8 +9,9 @@ Where results go (``--output``)
       csv: the batch table, one row per song as it is tagged.
     - ``--output FILE`` ending in ``.json`` or ``.csv``: one file for the whole batch (the
       format follows the suffix). It is written atomically (``keras_mgc.io``) every
-      `CHECKPOINT_SECONDS` and at the end, also when interrupted: the file on disk is always
-      a complete document, at most a few seconds behind.
+      `CHECKPOINT_SECONDS` (or ten times as long as the last write took, for a huge
+      document) and at the end, also when interrupted: the file on disk is always a
+      complete document, at most a few seconds behind.
     - ``--output DIR`` (any other name; created): one result file per song,
       ``DIR/<name>.<json|csv|txt>``, where <name> is the song's path below the folder
       given on the command line (``artist/album/01 intro.mp3``), or its file name for a
@@ -268,6 +269,7 @@ class ResultWriter:
         self.records: list[dict[str, Any]] = []  # the batch FILE's / stdout JSON's results
         self._done: set[str] = set()
         self._last_write = time.monotonic()
+        self._interval = CHECKPOINT_SECONDS
         self._dirty = False
         if kind == "stdout" and fmt == "csv" and header.segments is not None:
             raise OutputError("--segments with --format csv needs --output (a .csv file or a folder): "
@@ -380,7 +382,7 @@ class ResultWriter:
         else:
             self.records.append(record)
             self._dirty = True
-            if time.monotonic() - self._last_write >= CHECKPOINT_SECONDS:
+            if time.monotonic() - self._last_write >= self._interval:
                 self.flush()
 
     def _add_stdout(self, record: dict[str, Any], result: "TagResult | None",
@@ -417,6 +419,7 @@ class ResultWriter:
         if self.kind != "file" or not self._dirty:
             return
         assert self.path is not None
+        started = time.monotonic()
         if self.format == "json":
             write_text(self.path, _json_text(_document(self.header, self.records)))
         else:
@@ -429,6 +432,8 @@ class ResultWriter:
                 write_text(self.segments_path, _csv_text(SEGMENT_COLUMNS, seg_rows))
             write_text(self.path, _csv_text(self.columns, rows))
         self._dirty = False
+        # at least CHECKPOINT_SECONDS apart, and writing takes at most ~10% of the time
+        self._interval = max(CHECKPOINT_SECONDS, 10 * (time.monotonic() - started))
         self._last_write = time.monotonic()
 
     def close(self) -> None:
@@ -490,7 +495,7 @@ def plot_path(plot: str, song: Song, single: bool) -> Path:
 def plot_timeline(result: "TagResult", segments: Sequence[Segment], path: str | os.PathLike[str]) -> Path:
     """Draw the genre timeline: stacked window probabilities over time, segment boundaries.
 
-    x is each window's centre (start + window / 2); the stacked areas are the classes'
+    x is each window's centre (start + window / 2), held flat to 0 and to the song's end; the stacked areas are the classes'
     probabilities (they sum to 1); dashed lines are segment boundaries, each segment named
     above the plot. `PLOT_SIZE` pixels; written atomically.
     """
@@ -503,11 +508,11 @@ def plot_timeline(result: "TagResult", segments: Sequence[Segment], path: str | 
     fig = Figure(figsize=(width / PLOT_DPI, height / PLOT_DPI), dpi=PLOT_DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.06, 0.12, 0.76, 0.74))
-    centres = result.window_starts + result.window / 2
+    # each window at its centre; the first and last windows' values held out to 0 and the end
+    centres = np.clip(result.window_starts + result.window / 2, 0.0, result.duration)
+    centres = np.concatenate([[0.0], centres, [result.duration]])
     probs = np.asarray(result.window_probabilities, np.float64)
-    if len(centres) == 1:  # one window: a flat band over the song
-        centres = np.array([0.0, result.duration])
-        probs = np.repeat(probs, 2, axis=0)
+    probs = np.concatenate([probs[:1], probs, probs[-1:]])
     names = list(result.class_names)
     cmap = colormaps["tab20" if len(names) > 10 else "tab10"]
     colors = [cmap(i % cmap.N) for i in range(len(names))]

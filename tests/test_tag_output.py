@@ -186,22 +186,27 @@ def test_csv_batch_table_resumes_and_retries_failures(model, excerpts, tmp_path,
 
 
 def test_interrupted_batch_keeps_a_complete_file_and_resumes(model, excerpts, tmp_path, capsys, monkeypatch):
+    """Ctrl-C on the third song: the file holds the first two, complete; a rerun tags the rest."""
     table = tmp_path / "tags.json"
-    calls = []
+    calls, on_disk = [], []
     real_tag = Tagger.tag
 
     def tag_then_interrupt(self, source, *args, **kwargs):
         calls.append(source)
         if len(calls) == 3:
+            # checkpointed during the batch (the second song may still wait: the interval
+            # adapts to the write's duration)
+            on_disk.append(json.loads(table.read_text())["files"])
             raise KeyboardInterrupt
         return real_tag(self, source, *args, **kwargs)
 
     monkeypatch.setattr(Tagger, "tag", tag_then_interrupt)
+    monkeypatch.setattr("keras_mgc.tag_output.CHECKPOINT_SECONDS", 0.0)
     with pytest.raises(KeyboardInterrupt):
         main([str(excerpts), "--model", model, "--output", str(table)])
     monkeypatch.undo()
     doc = json.loads(table.read_text())  # complete JSON: written on the way out
-    assert doc["files"] == 2 and [Path(r["file"]).name for r in doc["results"]] == ["blues.wav", "classical.wav"]
+    assert on_disk in ([1], [2]) and doc["files"] == 2 and [Path(r["file"]).name for r in doc["results"]] == ["blues.wav", "classical.wav"]
     code, _, err = run_cli(capsys, excerpts, "--model", model, "--output", table)
     assert code == EXIT_OK and "2 files already in" in err
     doc = json.loads(table.read_text())
