@@ -117,56 +117,62 @@ def segment_windows(
     offset = (float(window) - float(hop)) / 2.0
     top = np.argmax(P, axis=1)  # ties: the lowest index
 
-    # 1. raw segmentation: [start, end, genre, first window, stop window]
-    segs: list[list[Any]] = []
-    g = int(top[0])
-    seg_start, seg_first = 0.0, 0
+    # 1. raw segmentation: per segment its start, end, genre and windows [first, stop)
+    begin, end, genre, first, stop = [0.0], [], [int(top[0])], [0], []
     for i in range(1, n):
-        c = int(top[i])
+        c, g = int(top[i]), genre[-1]
         if c != g and P[i, c] - P[i, g] >= hysteresis:
             t = min(max(s[i] + offset, 0.0), float(duration))
-            segs.append([seg_start, t, g, seg_first, i])
-            g, seg_start, seg_first = c, t, i
-    segs.append([seg_start, float(duration), g, seg_first, n])
+            end.append(t)
+            stop.append(i)
+            begin.append(t)
+            genre.append(c)
+            first.append(i)
+    end.append(float(duration))
+    stop.append(n)
 
-    # 2. minimum length
-    while len(segs) > 1:
-        lengths = np.array([e - b for b, e, *_ in segs])
+    # 2. minimum length. Neighbours always differ in genre (true of the raw segments, and
+    # kept by joining around each merge), so only the merged segment's sides need joining.
+    columns = (begin, end, genre, first, stop)
+    lengths = np.array(end) - np.array(begin)
+
+    def absorb(lo: int, into: int) -> None:
+        """Segments lo and lo + 1 become one (at lo) with the genre of `into`."""
+        genre[lo] = genre[into]
+        end[lo], stop[lo] = end[lo + 1], stop[lo + 1]
+        for column in columns:
+            del column[lo + 1]
+
+    while len(genre) > 1:
         k = int(np.argmin(lengths))  # ties: the earliest
         if not lengths[k] < min_segment:
             break
-        _, _, _, a, b = segs[k]
         if k == 0:
             into = 1
-        elif k == len(segs) - 1:
+        elif k == len(genre) - 1:
             into = k - 1
         else:
-            prev_mean = P[a:b, segs[k - 1][2]].mean()
-            next_mean = P[a:b, segs[k + 1][2]].mean()
-            into = k + 1 if next_mean > prev_mean else k - 1
-        target = segs[into]
-        target[0], target[1] = min(target[0], segs[k][0]), max(target[1], segs[k][1])
-        target[3], target[4] = min(target[3], a), max(target[4], b)
-        del segs[k]
-        segs = _join_same_genre(segs)
+            windows = slice(first[k], stop[k])
+            prev_mean = P[windows, genre[k - 1]].mean()
+            next_mean = P[windows, genre[k + 1]].mean()
+            into = k + 1 if next_mean > prev_mean else k - 1  # ties: the previous
+        lo = min(k, into)
+        absorb(lo, into)
+        if lo + 1 < len(genre) and genre[lo + 1] == genre[lo]:
+            absorb(lo, lo)
+        if lo > 0 and genre[lo - 1] == genre[lo]:
+            lo -= 1
+            absorb(lo, lo)
+        # the segments removed are lo + 1 ... in the old numbering; lo spans them all
+        lengths = np.delete(lengths, np.s_[lo + 1 : lo + 1 + len(lengths) - len(genre)])
+        lengths[lo] = end[lo] - begin[lo]
 
     # 3. output
     return [
         Segment(start=float(b), end=float(e), genre=class_names[g], probability=float(P[a:z, g].mean()),
                 first_window=a, stop_window=z)
-        for b, e, g, a, z in segs
+        for b, e, g, a, z in zip(begin, end, genre, first, stop)
     ]
-
-
-def _join_same_genre(segs: list[list[Any]]) -> list[list[Any]]:
-    joined = [segs[0]]
-    for seg in segs[1:]:
-        last = joined[-1]
-        if seg[2] == last[2]:
-            last[1], last[4] = seg[1], seg[4]
-        else:
-            joined.append(seg)
-    return joined
 
 
 def _check(

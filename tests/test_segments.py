@@ -44,6 +44,41 @@ def spans(segs: list[Segment]) -> list[tuple[float, float, str]]:
     return [(s.start, s.end, s.genre) for s in segs]
 
 
+def literal_segments(P, s, W, H, D, names, h, m):
+    """The specification transcribed step by step, without the library's bookkeeping (slow):
+    the reference the library must equal. Segments are [start, end, genre, windows]."""
+    segs = [[0.0, None, int(np.argmax(P[0])), [0]]]
+    for i in range(1, len(P)):
+        c, g = int(np.argmax(P[i])), segs[-1][2]
+        if c != g and P[i, c] - P[i, g] >= h:
+            t = min(max(s[i] + (W - H) / 2, 0.0), D)
+            segs[-1][1] = t
+            segs.append([t, None, c, []])
+        segs[-1][3].append(i)
+    segs[-1][1] = D
+    while len(segs) > 1 and any(e - b < m for b, e, _, _ in segs):
+        k = min(range(len(segs)), key=lambda j: (segs[j][1] - segs[j][0], j))
+        short = segs[k]
+        if k == 0 or k == len(segs) - 1:
+            into = 1 if k == 0 else k - 1
+        else:
+            means = [P[short[3], segs[j][2]].mean() for j in (k - 1, k + 1)]
+            into = k + 1 if means[1] > means[0] else k - 1
+        target = segs[into]
+        target[0], target[1] = min(target[0], short[0]), max(target[1], short[1])
+        target[3] = sorted(target[3] + short[3])
+        del segs[k]
+        joined = [segs[0]]
+        for seg in segs[1:]:
+            if seg[2] == joined[-1][2]:
+                joined[-1][1] = seg[1]
+                joined[-1][3] += seg[3]
+            else:
+                joined.append(seg)
+        segs = joined
+    return [(b, e, names[g], float(P[w, g].mean())) for b, e, g, w in segs]
+
+
 def test_doctests_pass():
     assert doctest.testmod(segments_module).failed == 0
 
@@ -234,3 +269,26 @@ def test_segments_tile_the_song(case):
     if min_segment == 0.0 and hysteresis == 0.0:  # no smoothing: one segment per run of argmax
         top = P.argmax(axis=1)
         assert len(segs) == 1 + int((top[1:] != top[:-1]).sum())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 80).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.5, 1.0]), min_size=4, max_size=4),
+                     min_size=n, max_size=n),
+            st.sampled_from([0.0, 0.05, 0.1, 0.2]),
+            st.sampled_from([0.0, 1.5, 3.0, 10.0, 1000.0]),
+            st.sampled_from([(2.01, 1.0), (1.0, 1.0), (2.0, 0.5), (1.0, 3.0)]),
+        )
+    )
+)
+def test_library_equals_the_literal_specification(case):
+    """Coarse probability values make argmax ties and equal neighbour means common."""
+    raw, h, m, (W, H) = case
+    P = np.asarray(raw) + 1e-9
+    P /= P.sum(axis=1, keepdims=True)
+    s = np.arange(len(P)) * H
+    D = s[-1] + W
+    got = segment_windows(P, s, W, H, D, NAMES[:4], h, m)
+    assert [(x.start, x.end, x.genre, x.probability) for x in got] == literal_segments(P, s, W, H, D, NAMES, h, m)
