@@ -132,7 +132,10 @@ def segment_windows(
     stop.append(n)
 
     # 2. minimum length. Neighbours always differ in genre (true of the raw segments, and
-    # kept by joining around each merge), so only the merged segment's sides need joining.
+    # kept by joining after each merge), so a merge can only create one same-genre pair:
+    # merged into the previous segment, it may now touch a next of the same genre. (Merged
+    # into the next, its new previous neighbour cannot share that genre: equal genres give
+    # equal means, and ties go to the previous.)
     columns = (begin, end, genre, first, stop)
     lengths = np.array(end) - np.array(begin)
 
@@ -159,9 +162,6 @@ def segment_windows(
         lo = min(k, into)
         absorb(lo, into)
         if lo + 1 < len(genre) and genre[lo + 1] == genre[lo]:
-            absorb(lo, lo)
-        if lo > 0 and genre[lo - 1] == genre[lo]:
-            lo -= 1
             absorb(lo, lo)
         # the segments removed are lo + 1 ... in the old numbering; lo spans them all
         lengths = np.delete(lengths, np.s_[lo + 1 : lo + 1 + len(lengths) - len(genre)])
