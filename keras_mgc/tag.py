@@ -774,7 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.update()
     finally:
         progress.close()
-        writer.close()
+        try:
+            writer.close()
+        except OSError as exc:
+            print(f"{_PROG}: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            failed += 1
     if skipped:
         print(f"{_PROG}: {skipped} file{'s' if skipped != 1 else ''} already in {args.output}: skipped",
               file=sys.stderr)

@@ -383,7 +383,10 @@ class ResultWriter:
             self.records.append(record)
             self._dirty = True
             if time.monotonic() - self._last_write >= self._interval:
-                self.flush()
+                try:
+                    self.flush()
+                except OSError:  # not this song's fault: tried again at the next checkpoint and at the end
+                    self._last_write = time.monotonic()
 
     def _add_stdout(self, record: dict[str, Any], result: "TagResult | None",
                     segments: Sequence[Segment] | None) -> None:

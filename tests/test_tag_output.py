@@ -259,6 +259,10 @@ def test_output_and_format_errors_exit_2(model, excerpts, tmp_path, capsys):
     assert code == EXIT_USAGE and "holds results of another kind" in err
     code, _, err = run_cli(capsys, excerpts, "--model", model, "--plot", tmp_path / "one.png")
     assert code == EXIT_USAGE and "several songs" in err
+    # a batch file that cannot be written (its folder is a file): one clear message, exit 1
+    (tmp_path / "plain").write_text("")
+    code, _, err = run_cli(capsys, song, "--model", model, "--output", tmp_path / "plain" / "t.csv")
+    assert code == EXIT_FAILED and err.startswith(f"keras_mgc.tag: error: cannot write {tmp_path / 'plain' / 't.csv'}")
 
 
 def test_csv_on_stdout_streams_the_table(model, excerpts, capsys):
