@@ -85,7 +85,7 @@ from typing import Any
 import numpy as np
 
 from keras_mgc.audio import AUDIO_EXTENSIONS, AudioError, TruncatedAudioWarning, stream_audio
-from keras_mgc.segments import DEFAULT_HYSTERESIS, DEFAULT_MIN_SEGMENT, Segment
+from keras_mgc.segments import DEFAULT_HYSTERESIS, DEFAULT_MIN_SEGMENT, Segment, segment_windows
 from keras_mgc.tag_output import (
     FORMATS,
     Header,
@@ -97,7 +97,6 @@ from keras_mgc.tag_output import (
     destination,
     plot_path,
     plot_timeline,
-    segments_of,
 )
 
 SIGNATURE = "serving_default"
@@ -299,8 +298,9 @@ class TagResult:
         return [(float(s), self.top_classes(k, p)) for s, p in zip(self.window_starts, self.window_probabilities)]
 
     def segments(self, hysteresis: float = DEFAULT_HYSTERESIS, min_segment: float = DEFAULT_MIN_SEGMENT) -> list[Segment]:
-        """Genre segments of the song (`keras_mgc.segments`)."""
-        return segments_of(self, hysteresis, min_segment)
+        """Genre segments of the song (`keras_mgc.segments`: the algorithm the browser page shares)."""
+        return segment_windows(self.window_probabilities, self.window_starts, self.window, self.hop,
+                               self.duration, self.class_names, hysteresis, min_segment)
 
     def as_dict(self, timeline: bool = False, digits: int = 6, segments: list[Segment] | None = None) -> dict[str, Any]:
         """The JSON form (probabilities rounded to `digits`; times to 3 decimals)."""

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from keras_mgc.io import atomic_path, write_text
-from keras_mgc.segments import Segment, audacity_labels, segment_windows
+from keras_mgc.segments import Segment, audacity_labels
 
 if TYPE_CHECKING:  # the tagger imports this module; no import cycle at run time
     from keras_mgc.tag import TagResult
@@ -204,12 +204,6 @@ def segment_rows(record: dict[str, Any]) -> list[dict[str, str]]:
          "genre": s["genre"], "probability": f"{s['probability']:.6f}"}
         for i, s in enumerate(record.get("segments") or [], 1)
     ]
-
-
-def segments_of(result: "TagResult", hysteresis: float, min_segment: float) -> list[Segment]:
-    """The song's genre segments (`keras_mgc.segments.segment_windows` on its windows)."""
-    return segment_windows(result.window_probabilities, result.window_starts, result.window, result.hop,
-                           result.duration, result.class_names, hysteresis, min_segment)
 
 
 def text_of(result: "TagResult", timeline: bool, segments: Sequence[Segment] | None) -> str:
