@@ -234,7 +234,7 @@ def test_bad_arguments_are_named(kwargs, match):
         segment_windows(**args)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.integers(1, 60).flatmap(
         lambda n: st.tuples(
