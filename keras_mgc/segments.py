@@ -31,8 +31,9 @@ class names. Parameters: hysteresis h (default 0.1), min_segment m (seconds, def
 Audacity label track: one line per segment, "start\\tend\\tgenre" with 6 decimals
 (Audacity's format).
 
-Arithmetic: everything is done in float64 (as JavaScript numbers are), so the
-comparisons ``>= h``, ``< m`` and the neighbour choice come out the same in both
+Arithmetic: everything is done in float64 (as JavaScript numbers are), and a mean is the
+left-to-right sum divided by the count (as a plain loop computes it), so the comparisons
+``>= h``, ``< m`` and the neighbour choice come out the same, bit for bit, in both
 implementations. W, H and the starts are the tagger's sample counts divided by the
 sample rate (``TagResult.window``, ``.hop``, ``.window_starts``). The hysteresis compares
 the new top class with the current segment's genre in the same window, so a song that
@@ -155,9 +156,8 @@ def segment_windows(
         elif k == len(genre) - 1:
             into = k - 1
         else:
-            windows = slice(first[k], stop[k])
-            prev_mean = P[windows, genre[k - 1]].mean()
-            next_mean = P[windows, genre[k + 1]].mean()
+            prev_mean = _mean(P, first[k], stop[k], genre[k - 1])
+            next_mean = _mean(P, first[k], stop[k], genre[k + 1])
             into = k + 1 if next_mean > prev_mean else k - 1  # ties: the previous
         lo = min(k, into)
         absorb(lo, into)
@@ -169,10 +169,16 @@ def segment_windows(
 
     # 3. output
     return [
-        Segment(start=float(b), end=float(e), genre=class_names[g], probability=float(P[a:z, g].mean()),
+        Segment(start=float(b), end=float(e), genre=class_names[g], probability=_mean(P, a, z, g),
                 first_window=a, stop_window=z)
         for b, e, g, a, z in zip(begin, end, genre, first, stop)
     ]
+
+
+def _mean(P: np.ndarray, first: int, stop: int, column: int) -> float:
+    """Mean of P[first:stop, column] summed left to right (np.mean sums pairwise), so a plain
+    JavaScript loop gives the same bits."""
+    return float(np.cumsum(P[first:stop, column])[-1] / (stop - first))
 
 
 def _check(

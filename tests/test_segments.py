@@ -62,7 +62,7 @@ def literal_segments(P, s, W, H, D, names, h, m):
         if k == 0 or k == len(segs) - 1:
             into = 1 if k == 0 else k - 1
         else:
-            means = [P[short[3], segs[j][2]].mean() for j in (k - 1, k + 1)]
+            means = [mean(P[short[3], segs[j][2]]) for j in (k - 1, k + 1)]
             into = k + 1 if means[1] > means[0] else k - 1
         target = segs[into]
         target[0], target[1] = min(target[0], short[0]), max(target[1], short[1])
@@ -76,7 +76,15 @@ def literal_segments(P, s, W, H, D, names, h, m):
             else:
                 joined.append(seg)
         segs = joined
-    return [(b, e, names[g], float(P[w, g].mean())) for b, e, g, w in segs]
+    return [(b, e, names[g], mean(P[w, g])) for b, e, g, w in segs]
+
+
+def mean(values) -> float:
+    """Left to right, as the specification's arithmetic says (and JavaScript's loop does)."""
+    total = 0.0
+    for v in values:
+        total += float(v)
+    return total / len(values)
 
 
 def test_doctests_pass():
