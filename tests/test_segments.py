@@ -9,14 +9,12 @@ cascades; same-genre joins) and the output's mean probability. Real music is in 
 
 from __future__ import annotations
 
-import doctest
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import keras_mgc.segments as segments_module
 from keras_mgc.segments import Segment, audacity_labels, segment_windows
 
 NAMES = ["a", "b", "c", "d", "e"]
@@ -85,10 +83,6 @@ def mean(values) -> float:
     for v in values:
         total += float(v)
     return total / len(values)
-
-
-def test_doctests_pass():
-    assert doctest.testmod(segments_module).failed == 0
 
 
 def test_one_window_is_one_segment_over_the_song():

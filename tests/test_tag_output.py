@@ -8,7 +8,6 @@ tracks 1-4; the songs here are track 0 (or excerpts of it), which it never saw.
 from __future__ import annotations
 
 import csv
-import doctest
 import json
 import os
 import struct
@@ -24,7 +23,6 @@ import soundfile as sf
 from keras_mgc.audio import load_audio
 from keras_mgc.segments import segment_windows
 from keras_mgc.tag import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Tagger, main
-import keras_mgc.tag_output
 from keras_mgc.tag_output import PLOT_SIZE, SEGMENT_COLUMNS, csv_columns
 from tests.tflite_fixtures import GENRES, SAMPLE_RATE
 
@@ -80,10 +78,6 @@ def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
-
-
-def test_doctests_pass():
-    assert doctest.testmod(keras_mgc.tag_output).failed == 0
 
 
 # --------------------------------------------------------------------------- segments on real music
