@@ -174,6 +174,7 @@ def test_csv_batch_table_resumes_and_retries_failures(model, excerpts, tmp_path,
     # rerun: the five are skipped (their rows, with their timings, stay as they were), the bad one retried
     code, _, err = run_cli(capsys, excerpts, "--model", model, "--output", table)
     assert code == EXIT_FAILED and "5 files already in" in err and err.count("error:") == 1
+    assert "tagging:" not in err  # no bar by default when stderr is not a terminal
     assert read_csv(table)[1][:5] == ok
     # fixed: only it is tagged
     bad.unlink()
