@@ -108,6 +108,14 @@ def default_model_name(source: ExportSource) -> str:
     return name or "genre_classifier"
 
 
+def _raise_if_disk_full(exc: BaseException) -> None:
+    """A full disk stops the whole export (nothing is published), never one artifact."""
+    from keras_mgc.io import disk_full_cause
+
+    if disk_full_cause(exc) is not None:
+        raise exc
+
+
 def _err(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text if len(text) < 4000 else text[:4000] + " ..."
@@ -240,6 +248,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
             art.details["signatures"] = saved_model.signature_summary(art.path)
             art.runner = verify.SavedModelRunner(art.path)
         except Exception as exc:
+            _raise_if_disk_full(exc)
             art.error = _err(exc)
             log(f"FAILED {art.name}: {art.error}")
         artifacts.append(art)
@@ -269,6 +278,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                     publish.write_bytes(art.path, flatbuffer)
                     art.runner = verify.TFLiteRunner(art.path, threads=1)
                 except Exception as exc:
+                    _raise_if_disk_full(exc)
                     art.error = _err(exc)
                     log(f"FAILED {art.name}: {art.error}")
                 artifacts.append(art)
@@ -289,6 +299,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                 publish.write_bytes(art.path, data)
                 art.runner = verify.ONNXRunner({entry: art.path}, threads=1)
             except Exception as exc:
+                _raise_if_disk_full(exc)
                 art.error = _err(exc)
                 log(f"FAILED {art.name}: {art.error}")
             artifacts.append(art)
@@ -314,6 +325,7 @@ def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref
             art.latency_ms = verify.measure_latency(art.runner, x, list(opts.latency_threads), opts.latency_runs,
                                                     entry)
     except Exception as exc:
+        _raise_if_disk_full(exc)
         art.error = f"verification failed: {_err(exc)}"
         log(f"FAILED {art.name}: {art.error}\n{traceback.format_exc(limit=3)}")
     for failure in art.failures:

@@ -230,9 +230,17 @@ class TrainConfig(_Section):
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     deterministic: bool = True
-    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    # Which weights the test metrics use: best.keras, the epoch with the best validation
+    # accuracy (ties: lower validation loss) or loss (ties: higher accuracy), or "last":
+    # last.keras, the final epoch (best.keras is kept beside it either way).
+    monitor: Literal["val_accuracy", "val_loss", "last"] = "val_accuracy"
     nan_policy: Literal["stop"] = "stop"
     verbose: Literal[0, 1, 2] = 1
+
+    @property
+    def evaluated_checkpoint(self) -> str:
+        """The file name, in each fold folder, of the weights the test metrics use."""
+        return "last.keras" if self.monitor == "last" else "best.keras"
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
