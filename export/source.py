@@ -42,7 +42,10 @@ class ExportSource:
     def crop_samples(self) -> int:
         from keras_mgc.config import DataConfig
 
-        value = (self.recipe.get("data") or {}).get("crop_samples")
+        data = self.recipe.get("data") or {}
+        if data.get("crop_seconds") is not None:  # a crop in seconds is samples at the model's rate
+            return int(round(float(data["crop_seconds"]) * self.sample_rate))
+        value = data.get("crop_samples")
         return int(value if value is not None else DataConfig.model_fields["crop_samples"].default)
 
     @property

@@ -177,7 +177,17 @@ class DataConfig(_Section):
     max_skip_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None
+    # The training/TTA crop, in samples at the model's rate (model.frontend.sample_rate), or
+    # in seconds (crop_seconds, a whole number of samples at that rate; crop_samples then
+    # follows from it). 44,356 is the paper's 2.01 s at 22,050 Hz.
     crop_samples: PositiveInt = 44356
+    crop_seconds: PositiveFloat | None = None
+    # The rate and hop the dataset's own mel files were computed with (model.input: mel,
+    # i.e. Melon): the model's front end must match them, so that the exported waveform
+    # entry point computes the features it was trained on. Melon's files do not say; the
+    # project assumes the GTZAN front end's 22,050 Hz and hop 256 (BUILD_NOTES.md).
+    mel_sample_rate: PositiveInt = 22050
+    mel_hop_length: PositiveInt = 256
     data_cycle: PositiveInt = 8
     synthetic_clips_per_class: PositiveInt = 12  # for dataset: synthetic
     synthetic_seconds: PositiveFloat = 6.0
@@ -283,6 +293,31 @@ class Recipe(_Section):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @model_validator(mode="after")
+    def _check_rate(self) -> "Recipe":
+        """One sample rate from data to device: crops and mel files must agree with the model's."""
+        rate, hop = self.model.frontend.sample_rate, self.model.frontend.hop_length
+        data = self.data
+        if data.crop_seconds is not None:
+            samples = data.crop_seconds * rate
+            if abs(samples - round(samples)) > 1e-3:
+                raise ValueError(
+                    f"data.crop_seconds: {data.crop_seconds:g} s is {samples:.3f} samples at model.frontend.sample_rate="
+                    f"{rate} Hz, not a whole number; give a duration that is, or data.crop_samples (e.g. "
+                    f"{round(samples)})")
+            if "crop_samples" in data.model_fields_set and data.crop_samples != round(samples):
+                raise ValueError(f"data.crop_samples: {data.crop_samples} disagrees with data.crop_seconds="
+                                 f"{data.crop_seconds:g} ({round(samples)} samples at {rate} Hz); give one of them")
+            data.crop_samples = round(samples)
+        if self.model.input == "mel":
+            if (data.mel_sample_rate, data.mel_hop_length) != (rate, hop):
+                raise ValueError(
+                    f"model.frontend.sample_rate: the dataset's mel files were computed at {data.mel_sample_rate} Hz "
+                    f"with hop {data.mel_hop_length} (data.mel_sample_rate, data.mel_hop_length) but the model's front "
+                    f"end is {rate} Hz with hop {hop}; the exported model would compute other features than it was "
+                    "trained on")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

@@ -138,6 +138,9 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
         write_json(run_dir / "skipped.json", exc.skipped)
         raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
     print(f"Training on: {data.description}", flush=True)
+    rate = recipe.model.frontend.sample_rate
+    print(f"Audio decoded at {rate} Hz (model.frontend.sample_rate); crops of {recipe.data.crop_samples} samples "
+          f"= {recipe.data.crop_samples / rate:.3f} s", flush=True)
     write_json(run_dir / "skipped.json", data.skipped)
     if data.skipped:
         print(f"{len(data.skipped)} file(s) skipped, reasons in {run_dir / 'skipped.json'}", flush=True)
