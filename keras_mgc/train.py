@@ -200,16 +200,19 @@ def last_checkpoint(run_dir: str | Path | None) -> str | None:
         return None
     from keras_mgc.io import read_json
 
-    found: list[Path] = []
+    backups: list[Path] = []
+    models: list[Path] = []
     for fold_dir in Path(run_dir).glob("*/"):
-        state = fold_dir / "backup" / "state.json"
         try:
-            found.append(fold_dir / "backup" / read_json(state)["weights"])
+            backups.append(fold_dir / "backup" / read_json(fold_dir / "backup" / "state.json")["weights"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        found += [p for p in (fold_dir / "last.keras", fold_dir / "best.keras") if p.is_file()]
-    found = [p for p in found if p.is_file()]
-    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+        models += [fold_dir / "last.keras", fold_dir / "best.keras"]
+    for found in (backups, models):  # the resume point first
+        found = [p for p in found if p.is_file()]
+        if found:
+            return str(max(found, key=lambda p: p.stat().st_mtime))
+    return None
 
 
 _RUN_DIR: Path | None = None  # the run folder of this command, for the full-disk message

@@ -63,3 +63,33 @@ def gtzan_mini_run(shared_data, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (out / "gtzan_cv" / "stdout.txt").write_text(proc.stdout)
     return out / "gtzan_cv"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A factory for small tmpfs mounts (a file system that fills up); skips where mounting is not allowed.
+
+    `small_tmpfs("4m")` mounts a fresh 4 MiB tmpfs under tmp_path and returns its path; every
+    mount is unmounted at the end of the test.
+    """
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounts)}"
+        point.mkdir()
+        try:
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                  capture_output=True, text=True)
+            problem = proc.stderr.strip() or proc.returncode if proc.returncode else None
+        except OSError as exc:  # no mount command
+            problem = exc
+        if problem is not None:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {problem}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounts):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
