@@ -24,12 +24,13 @@ _OWNER = ".owner-pid"
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary name in the same folder, fsync, rename)."""
-    with atomic_file(path) as tmp:
+    """Write `data` to `path` atomically (temporary name in the same folder, fsync, rename);
+    a full disk is a keras_mgc.io.DiskFullError naming `path`."""
+    from keras_mgc.io import atomic_path
+
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def write_text(path: Path, text: str) -> None:
@@ -53,22 +54,6 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 @contextlib.contextmanager

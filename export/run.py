@@ -108,12 +108,20 @@ def default_model_name(source: ExportSource) -> str:
     return name or "genre_classifier"
 
 
-def _raise_if_disk_full(exc: BaseException) -> None:
-    """A full disk stops the whole export (nothing is published), never one artifact."""
-    from keras_mgc.io import disk_full_cause
+def _raise_if_disk_full(exc: BaseException, where: Path) -> None:
+    """A full disk stops the whole export (nothing is published), never one artifact.
 
-    if disk_full_cause(exc) is not None:
+    `where` (the artifact being built) names it when the writer did not (TensorFlow's
+    SavedModel writer under the TFLite converter reports only its message).
+    """
+    from keras_mgc.io import DiskFullError, disk_full_cause
+
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return
+    if isinstance(exc, DiskFullError) or cause.filename:
         raise exc
+    raise DiskFullError(where, cause.errno) from exc
 
 
 def _err(exc: BaseException) -> str:
@@ -248,7 +256,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
             art.details["signatures"] = saved_model.signature_summary(art.path)
             art.runner = verify.SavedModelRunner(art.path)
         except Exception as exc:
-            _raise_if_disk_full(exc)
+            _raise_if_disk_full(exc, stage / art.name)
             art.error = _err(exc)
             log(f"FAILED {art.name}: {art.error}")
         artifacts.append(art)
@@ -278,7 +286,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                     publish.write_bytes(art.path, flatbuffer)
                     art.runner = verify.TFLiteRunner(art.path, threads=1)
                 except Exception as exc:
-                    _raise_if_disk_full(exc)
+                    _raise_if_disk_full(exc, stage / art.name)
                     art.error = _err(exc)
                     log(f"FAILED {art.name}: {art.error}")
                 artifacts.append(art)
@@ -299,7 +307,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                 publish.write_bytes(art.path, data)
                 art.runner = verify.ONNXRunner({entry: art.path}, threads=1)
             except Exception as exc:
-                _raise_if_disk_full(exc)
+                _raise_if_disk_full(exc, stage / art.name)
                 art.error = _err(exc)
                 log(f"FAILED {art.name}: {art.error}")
             artifacts.append(art)
@@ -325,7 +333,7 @@ def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref
             art.latency_ms = verify.measure_latency(art.runner, x, list(opts.latency_threads), opts.latency_runs,
                                                     entry)
     except Exception as exc:
-        _raise_if_disk_full(exc)
+        _raise_if_disk_full(exc, art.path or Path(art.name))
         art.error = f"verification failed: {_err(exc)}"
         log(f"FAILED {art.name}: {art.error}\n{traceback.format_exc(limit=3)}")
     for failure in art.failures:

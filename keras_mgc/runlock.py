@@ -219,7 +219,6 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if not is_chief():
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
             if self._create():
