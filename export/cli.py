@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from export import ExportError
@@ -89,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_SOURCE: list = []  # the checkpoint being exported, for the full-disk message
+_SOURCE: list[str] = []  # the checkpoint being exported, for the full-disk message
 
 
-def _guarded(main):  # type: ignore[no-untyped-def]
+def _guarded(main: Callable[..., int]) -> Callable[..., int]:
     from keras_mgc.io import disk_full_guard
 
     return disk_full_guard("export", lambda: _SOURCE[0] if _SOURCE else None)(main)
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
 
 
-def _export(args: argparse.Namespace, argv: list[str], out: Path, fail, formats: tuple[str, ...]) -> int:  # type: ignore[no-untyped-def]
+def _export(args: argparse.Namespace, argv: list[str], out: Path, fail: Callable[[str], int],
+            formats: tuple[str, ...]) -> int:
     from export import run as run_mod
     from export import source as source_mod
     from export import verify
