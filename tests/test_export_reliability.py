@@ -224,15 +224,13 @@ def test_staging_replaces_the_old_export_only_when_finished(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
-def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
+def test_a_failed_artifact_write_keeps_the_old_file(tmp_path):
     from export import publish
 
     target = tmp_path / "model.tflite"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with publish.atomic_file(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash while writing")
+    with pytest.raises(TypeError):
+        publish.write_bytes(target, "not bytes")  # fails inside the write, after the temporary file exists
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
 
 
