@@ -93,6 +93,10 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, lock: "RunLock | Non
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text("utf-8"))
+        try:  # a run folder written before a key existed has that key's default
+            previous = recipe_to_dict(parse_recipe(previous, str(saved)))
+        except RecipeError:
+            pass
         changed = _differences(current, previous)
         if changed:
             raise RecipeError(f"{run_dir} holds a run of a different recipe ({'; '.join(changed[:8])}); "

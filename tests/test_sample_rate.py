@@ -230,3 +230,20 @@ def test_evaluate_honours_monitor_last(run16):
     record = json.loads(fold_json.read_text())
     assert record["checkpoint"] == "fold_01/last.keras" and record["evaluated"]["checkpoint"] == "last.keras"
     assert json.loads((run16["dir"] / "results.json").read_text())["evaluated_checkpoint"] == "last.keras"
+
+
+def test_a_run_folder_written_before_the_rate_keys_existed_still_continues(tmp_path):
+    import yaml
+
+    from keras_mgc.config import RecipeError, load_recipe, recipe_to_dict
+    from keras_mgc.train import open_run
+
+    recipe = load_recipe(QUICKSTART, [f"output_dir={tmp_path}"])
+    older = recipe_to_dict(recipe)
+    for key in ("crop_seconds", "mel_sample_rate", "mel_hop_length"):
+        del older["data"][key]
+    (tmp_path / "quickstart").mkdir()
+    (tmp_path / "quickstart" / "recipe.yaml").write_text(yaml.safe_dump(older))
+    assert open_run(recipe, resume=True, overwrite=False) == tmp_path / "quickstart"
+    with pytest.raises(RecipeError, match=r"model\.frontend\.sample_rate: 22050 -> 16000"):
+        open_run(load_recipe(QUICKSTART, [f"output_dir={tmp_path}", f"model.frontend.sample_rate={RATE}"]), False, False)
