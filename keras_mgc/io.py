@@ -18,6 +18,7 @@ import errno
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -72,8 +73,13 @@ def disk_full_cause(exc: BaseException | None) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             return exc
-        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):  # e.g. tf.errors
-            return exc if isinstance(exc, OSError) else OSError(errno.ENOSPC, str(exc))
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:  # e.g. tf.errors (TensorBoard)
+            if isinstance(exc, OSError):
+                return exc
+            code = errno.EDQUOT if "Disk quota exceeded" in text else errno.ENOSPC
+            named = re.search(r"(/[^\s;]+); (?:No space left on device|Disk quota exceeded)", text)
+            return OSError(code, os.strerror(code), named.group(1) if named else None)
         exc = exc.__cause__ or exc.__context__
     return None
 

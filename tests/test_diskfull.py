@@ -124,6 +124,26 @@ def test_a_full_disk_cache_stops_the_run_instead_of_skipping_tracks(tmp_path, mo
     assert info.value.path.parent == tmp_path / "cache" and info.value.path.suffix == ".npy"
 
 
+def test_tensorboard_on_a_full_disk_is_named_by_the_guard(small_tmpfs, capsys):
+    """TensorFlow's event writer reports ENOSPC as a ResourceExhaustedError naming its file."""
+    import tensorflow as tf
+
+    disk = small_tmpfs("64k")
+
+    @kio.disk_full_guard("keras_mgc.train", lambda: None)
+    def main() -> int:
+        writer = tf.summary.create_file_writer(str(disk / "tensorboard"))
+        with writer.as_default():
+            for step in range(200):
+                tf.summary.histogram("h", np.linspace(0, 1, 5000) + step, step=step)
+            writer.flush()
+        return 0
+
+    assert main() == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"keras_mgc.train: error: {FULL} {disk}/tensorboard/events.out.tfevents."), err
+
+
 # --------------------------------------------------------------------------- the commands, on a disk that fills up
 
 
