@@ -246,7 +246,7 @@ class RunState(keras.callbacks.BackupAndRestore):
         return (acc, -loss) > (best_acc, -best_loss)
 
     def save_last(self) -> None:
-        """The final weights as last.keras (after the last epoch; a resume that finds it missing writes it)."""
+        """The final weights as last.keras (after the last epoch, and again by a resume of a finished fold)."""
         save_model(self.model, self.last_path)
 
 
