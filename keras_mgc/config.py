@@ -23,6 +23,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, HOP_LENGTH
+from keras_mgc.windows import seconds_to_samples
+
+__all__ = ["PositiveInt", "NonNegativeInt", "PositiveFloat", "PAPER_BANDS", "RecipeError", "FrontendConfig", "CCSConfig",
+           "FSAConfig", "ModelConfigBase", "ECAPAConfig", "ModelConfig", "MODEL_CONFIGS", "DataConfig",
+           "OptimizerConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "Recipe", "apply_overrides",
+           "parse_recipe", "merge_sections", "read_recipe_document", "load_recipe", "recipe_to_dict"]
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -43,12 +51,12 @@ class _Section(BaseModel):
 
 
 class FrontendConfig(_Section):
-    """Log-mel front end (DESIGN.md section 1: torchaudio MelSpectrogram defaults)."""
+    """Log-mel front end (torchaudio MelSpectrogram defaults, as the authors use it)."""
 
-    sample_rate: PositiveInt = 22050
+    sample_rate: PositiveInt = DEFAULT_SAMPLE_RATE
     n_fft: PositiveInt = 2048
     win_length: PositiveInt = 512
-    hop_length: PositiveInt = 256
+    hop_length: PositiveInt = HOP_LENGTH
     n_mels: PositiveInt = 48
     f_min: Annotated[float, Field(ge=0)] = 0.0
     f_max: float | None = None  # None: sample_rate / 2
@@ -94,15 +102,34 @@ class FSAConfig(_Section):
 
 
 class ModelConfigBase(_Section):
-    """Keys every backbone shares: input kind, front end, head."""
+    """Keys every backbone shares: preset, input kind, front end, head.
 
+    `preset` names a configuration in `keras_mgc.presets`; the keys written beside it
+    override the preset's (the merged result is what gets validated and recorded).
+    """
+
+    preset: str | None = None
     input: Literal["waveform", "mel"] = "waveform"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            from keras_mgc import presets
+
+            if not isinstance(data["preset"], str):
+                raise ValueError(f"preset: expected a preset name, got {data['preset']!r}")
+            try:
+                return presets.resolve(data)
+            except presets.PresetError as exc:
+                raise ValueError(f"preset: {exc}") from None
+        return data
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     sync_batchnorm: bool = False
 
 
 class ECAPAConfig(ModelConfigBase):
-    """ECAPA-TDNN, optionally with CCS and FSA (DESIGN.md section 1)."""
+    """ECAPA-TDNN, optionally with CCS and FSA (channel counts: BUILD_NOTES.md, "Model")."""
 
     backbone: Literal["ecapa_tdnn"] = "ecapa_tdnn"
     channels: PositiveInt | list[PositiveInt] = 1024
@@ -180,14 +207,14 @@ class DataConfig(_Section):
     # The training/TTA crop, in samples at the model's rate (model.frontend.sample_rate), or
     # in seconds (crop_seconds, a whole number of samples at that rate; crop_samples then
     # follows from it). 44,356 is the paper's 2.01 s at 22,050 Hz.
-    crop_samples: PositiveInt = 44356
+    crop_samples: PositiveInt = DEFAULT_CROP_SAMPLES
     crop_seconds: PositiveFloat | None = None
     # The rate and hop the dataset's own mel files were computed with (model.input: mel,
     # i.e. Melon): the model's front end must match them, so that the exported waveform
     # entry point computes the features it was trained on. Melon's files do not say; the
     # project assumes the GTZAN front end's 22,050 Hz and hop 256 (BUILD_NOTES.md).
-    mel_sample_rate: PositiveInt = 22050
-    mel_hop_length: PositiveInt = 256
+    mel_sample_rate: PositiveInt = DEFAULT_SAMPLE_RATE
+    mel_hop_length: PositiveInt = HOP_LENGTH
     data_cycle: PositiveInt = 8
     synthetic_clips_per_class: PositiveInt = 12  # for dataset: synthetic
     synthetic_seconds: PositiveFloat = 6.0
@@ -300,16 +327,15 @@ class Recipe(_Section):
         rate, hop = self.model.frontend.sample_rate, self.model.frontend.hop_length
         data = self.data
         if data.crop_seconds is not None:
-            samples = data.crop_seconds * rate
-            if abs(samples - round(samples)) > 1e-3:
-                raise ValueError(
-                    f"data.crop_seconds: {data.crop_seconds:g} s is {samples:.3f} samples at model.frontend.sample_rate="
-                    f"{rate} Hz, not a whole number; give a duration that is, or data.crop_samples (e.g. "
-                    f"{round(samples)})")
-            if "crop_samples" in data.model_fields_set and data.crop_samples != round(samples):
+            try:
+                samples = seconds_to_samples(data.crop_seconds, rate)
+            except ValueError as exc:
+                raise ValueError(f"data.crop_seconds: {exc} (model.frontend.sample_rate); give a duration that is, "
+                                 f"or data.crop_samples (e.g. {round(data.crop_seconds * rate)})") from None
+            if "crop_samples" in data.model_fields_set and data.crop_samples != samples:
                 raise ValueError(f"data.crop_samples: {data.crop_samples} disagrees with data.crop_seconds="
-                                 f"{data.crop_seconds:g} ({round(samples)} samples at {rate} Hz); give one of them")
-            data.crop_samples = round(samples)
+                                 f"{data.crop_seconds:g} ({samples} samples at {rate} Hz); give one of them")
+            data.crop_samples = samples
         if self.model.input == "mel":
             if (data.mel_sample_rate, data.mel_hop_length) != (rate, hop):
                 raise ValueError(
@@ -396,11 +422,11 @@ def parse_recipe(document: Any, source: str = "<recipe>", overrides: list[str] |
         raise RecipeError(_format_errors(exc, source)) from None
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `update` laid over it, sections merged key by key."""
+def merge_sections(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it, sections merged key by key (recipe `extends`, presets)."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -427,7 +453,7 @@ def read_recipe_document(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) 
     if not isinstance(parent, str):
         raise RecipeError(f"invalid recipe {path}: extends: expected a file name, got {parent!r}")
     base = read_recipe_document(path.parent / parent, _seen + (path.resolve(),))
-    return _merge(base, document)
+    return merge_sections(base, document)
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from keras_mgc.config import RecipeError, load_recipe, recipe_to_dict
+from keras_mgc.config import RecipeError, load_recipe
 
 
 _RUN_DIR: Path | None = None  # for the full-disk message
@@ -85,12 +85,10 @@ def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
     import keras
 
     from keras_mgc.data.datasets import DatasetError
-    from keras_mgc.data.sources import prepare_data
+    from keras_mgc.data.prepare import prepare_data
     from keras_mgc.data.splits import SplitError
-    from keras_mgc.evaluation import Predictor, evaluate_fold, write_results
-    from keras_mgc.io import read_json, write_json
-    from keras_mgc.models import load_float32
-    from keras_mgc.training import crop_length
+    from keras_mgc.io import disk_full_cause, read_json, write_json
+    from keras_mgc.scoring import evaluate_checkpoint, summarise_run
 
     keras.mixed_precision.set_global_policy("float32")
     try:
@@ -118,20 +116,18 @@ def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
                 records.append(record)
                 continue
             try:
-                model = load_float32(str(path), recipe.model, len(data.class_names))
+                record["test"] = evaluate_checkpoint(recipe, data, fold, fold_dir, checkpoint)
             except (OSError, ValueError) as exc:
+                if disk_full_cause(exc) is not None:  # writing its pictures, not loading: stop (exit 4)
+                    raise
                 print(f"error: {fold.name}: cannot load {path}: {exc}", file=sys.stderr)
                 status = 1
                 records.append(record)
                 continue
-            store = data.store.subset(data.positions(fold.test))
             epoch = record.get("epochs_run") if checkpoint == "last.keras" else record.get("best_epoch")
             record["checkpoint"] = f"{fold.name}/{checkpoint}"
             record["evaluated"] = {"checkpoint": checkpoint, "epoch": epoch,
                                    "monitor": args.checkpoint or recipe.train.monitor}
-            record["test"] = evaluate_fold(Predictor(model), store, data.labels(fold.test), data.class_names,
-                                           recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops,
-                                           fold_dir, f"{recipe.name} {fold.name}")
             write_json(record_path, record)
             print(f"{fold.name}: " + ", ".join(f"{m} {100 * record['test'][m]['accuracy']:.1f}%"
                                               for m in record["test"]), flush=True)
@@ -139,11 +135,7 @@ def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
     if not records:
         print(f"error: {run_dir}: no fold has a finished checkpoint", file=sys.stderr)
         return 2
-    results = write_results(run_dir, recipe_to_dict(recipe), data.report(), records, recipe.eval.headline,
-                            {"re_evaluated": True, "evaluated_checkpoint": checkpoint})
-    head = results["summary"][recipe.eval.headline]["accuracy"]
-    print(f"{recipe.name}: {recipe.eval.headline} accuracy {100 * head['mean']:.1f} +- {100 * head['std']:.1f} % "
-          f"over {head['n']} fold(s)", flush=True)
+    summarise_run(run_dir, recipe, data, records, {"re_evaluated": True, "evaluated_checkpoint": checkpoint})
     return status
 
 

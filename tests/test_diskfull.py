@@ -97,7 +97,7 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_hdf5_writes_anything(tmp
     """HDF5 segfaults closing a file whose writes failed with ENOSPC: it must never start one."""
     import keras
 
-    from keras_mgc.training import save_model
+    from keras_mgc.fold_trainer import save_model
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.compile(optimizer="adam", loss="mse")

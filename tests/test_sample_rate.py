@@ -54,7 +54,8 @@ def run16(tmp_path_factory) -> dict:
             assert first.poll() is None and time.monotonic() < deadline, "training ended before taking its lock"
             time.sleep(0.02)
         result["second"] = run_cli("keras_mgc.train", *ARGS, "--output-dir", str(out))
-        result["export"] = run_cli("export", "--run", str(run_dir), "--formats", "tflite", "--latency-runs", "0")
+        result["export"] = run_cli("keras_mgc.export", "--run", str(run_dir), "--formats", "tflite",
+                                   "--latency-runs", "0")
         result["overlapped"] = first.poll() is None
         if why_not is None:
             state = run_dir / "fold_01" / "backup" / "state.json"
@@ -146,7 +147,7 @@ def test_monitor_last_tests_last_keras_and_says_so(run16):
 
 
 def _export(run_dir: Path, out: Path, clips: list[str]) -> subprocess.CompletedProcess:
-    return run_cli("export", "--run", str(run_dir), "--out", str(out), "--formats", "tflite",
+    return run_cli("keras_mgc.export", "--run", str(run_dir), "--out", str(out), "--formats", "tflite",
                    "--tflite-precisions", "float32", "--eval-audio", *clips, "--latency-runs", "0")
 
 

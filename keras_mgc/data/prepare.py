@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_mgc.audio import SAMPLE_RATE
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 from keras_mgc.config import DataConfig
 from keras_mgc.data import splits as S
 from keras_mgc.data.datasets import GTZAN_GENRES, DatasetError, DatasetIndex, Track, discover, discover_melon
 from keras_mgc.data.pipeline import ClipStore
 from keras_mgc.data.synthetic import describe as describe_synthetic
 from keras_mgc.data.synthetic import make_synthetic_dataset
+
+__all__ = ["Fold", "PreparedData", "prepare_data"]
 
 log = logging.getLogger("keras_mgc")
 
@@ -119,7 +121,7 @@ def _splits(cfg: DataConfig, index: DatasetIndex, seed: int) -> list[tuple[str, 
 
 
 def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: str | Path | None = None,
-                 sample_rate: int = SAMPLE_RATE) -> PreparedData:
+                 sample_rate: int = DEFAULT_SAMPLE_RATE) -> PreparedData:
     """Discover, split, resolve and decode the data a recipe asks for.
 
     `sample_rate` is the model's front-end rate (model.frontend.sample_rate): every audio

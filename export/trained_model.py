@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
-from export import ExportError
+from keras_mgc.export import ExportError
+
+__all__ = ["ExportSource", "read_class_names", "read_recipe", "from_run", "from_files"]
 
 
 @dataclass
@@ -44,7 +46,12 @@ class ExportSource:
 
         data = self.recipe.get("data") or {}
         if data.get("crop_seconds") is not None:  # a crop in seconds is samples at the model's rate
-            return int(round(float(data["crop_seconds"]) * self.sample_rate))
+            from keras_mgc.windows import seconds_to_samples
+
+            try:
+                return seconds_to_samples(float(data["crop_seconds"]), self.sample_rate)
+            except ValueError as exc:
+                raise ExportError(f"recipe {self.recipe_path}: data.crop_seconds: {exc}") from None
         value = data.get("crop_samples")
         return int(value if value is not None else DataConfig.model_fields["crop_samples"].default)
 
