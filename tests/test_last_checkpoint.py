@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from keras_mgc.config import RecipeError, load_recipe
-from keras_mgc.evaluation import results_markdown
+from keras_mgc.scoring import results_markdown
 from keras_mgc.fold_trainer import RunState
 from tests.conftest import REPO_ROOT
 

@@ -172,7 +172,7 @@ def test_the_tagger_equals_the_keras_model_on_the_same_windows_at_16k(run16, exp
     from keras_mgc.audio import load_audio
     from keras_mgc.config import load_recipe
     from keras_mgc.models import load_float32
-    from keras_mgc.tag import window_starts
+    from keras_mgc.windows import window_starts
 
     song = tmp_path / "song_44k.wav"  # another rate again: 44.1 kHz, resampled to 16 kHz by the tagger
     t = np.arange(int(4.3 * 44100)) / 44100
