@@ -21,7 +21,9 @@ EXPORT = [
     "onnxruntime==1.32.0",
     "ai-edge-litert==2.3.0",
 ]
-TESTS = ["pytest==9.2.0", "hypothesis==6.170.17"]
+# selenium drives Debian's chromium + chromium-driver in tests/test_web.py (apt: scripts/install-test-deps);
+# 4.50.0 because 4.52.0 needs a certifi newer than the package index has.
+TESTS = ["pytest==9.2.0", "hypothesis==6.170.17", "selenium==4.50.0"]
 
 setup(
     name="keras-mgc",
