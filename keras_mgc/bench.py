@@ -40,6 +40,7 @@ import numpy as np
 
 from keras_mgc import presets
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE
+from keras_mgc.environment import cpu_flags
 from keras_mgc.timing import timings
 
 CLIP_SAMPLES = 30 * DEFAULT_SAMPLE_RATE
@@ -75,7 +76,7 @@ def peak_rss_mb() -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    from keras_mgc.environment import cpu_flags, environment
+    from keras_mgc.environment import environment
 
     info = environment()
     flags = cpu_flags()
@@ -379,7 +380,7 @@ def _training(name: str, quick: bool) -> dict[str, Any]:
     import tensorflow as tf  # only to ask what devices exist
 
     precisions = ["float32"]
-    if "avx512_bf16" in _cpu_flags() or "amx_bf16" in _cpu_flags():
+    if "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags():
         precisions.append("mixed_bfloat16")
     if tf.config.list_physical_devices("GPU"):
         precisions.append("mixed_float16")
