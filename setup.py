@@ -22,6 +22,10 @@ EXPORT = [
     "ai-edge-litert==2.3.0",
 ]
 TESTS = ["pytest==9.2.0", "hypothesis==6.170.17"]
+# The parity tests' PyTorch reference (tests/torch_reference.py). 2.13.0 resolves to the CPU
+# wheel where one is provided (this project's machines); torchaudio has no build for it, so the
+# front end is compared with a float64 re-implementation of torchaudio's defaults instead.
+PARITY = ["torch==2.13.0"]
 
 setup(
     name="keras-mgc",
@@ -35,6 +39,7 @@ setup(
     extras_require={
         "export": EXPORT,
         "tests": TESTS + EXPORT,
+        "parity": PARITY,
         # The on-device tagger needs only these (no TensorFlow): pip install --no-deps keras-mgc
         # then pip install "keras-mgc[tagger]" on a device image.
         "tagger": ["numpy", "soundfile", "soxr", "ai-edge-litert==2.3.0"],
