@@ -205,11 +205,22 @@ class DataConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    """Adam with decoupled weight decay (AdamW), as the authors' torch.optim.Adam(weight_decay)."""
+    """The optimiser (keras_mgc.optimizers): `adam_l2` is the authors' torch.optim.Adam(weight_decay=...).
 
-    name: Literal["adamw", "adam"] = "adamw"
+    adam_l2: coupled L2 (decay added to the gradient before Adam's moments), as torch.optim.Adam;
+    adamw: Keras AdamW (decoupled decay), NOT the authors' optimiser; adam: no decay.
+    """
+
+    name: Literal["adam_l2", "adamw", "adam"] = "adam_l2"
     learning_rate: PositiveFloat = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimizerConfig":
+        if self.name == "adam" and self.weight_decay:
+            raise ValueError(f"weight_decay: {self.weight_decay:g} is set but optimizer 'adam' has no weight decay; "
+                             "use adam_l2 (the authors' coupled L2), adamw (decoupled) or weight_decay: 0")
+        return self
 
 
 class ScheduleConfig(_Section):

@@ -26,6 +26,7 @@ from keras_mgc.data.sources import Fold, PreparedData
 from keras_mgc.evaluation import Predictor
 from keras_mgc.io import atomic_path, read_json, write_json
 from keras_mgc.models import build_model
+from keras_mgc.optimizers import make_optimizer
 
 log = logging.getLogger("keras_mgc")
 
@@ -70,12 +71,6 @@ def learning_rate_at(epoch: int, epochs: int, optimizer: OptimizerConfig, schedu
             t -= period
             period *= schedule.restart_mult
     return low + (base - low) * (1 + math.cos(math.pi * t / period)) / 2
-
-
-def make_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
-    if cfg.name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
 
 
 # --------------------------------------------------------------------------- callbacks
