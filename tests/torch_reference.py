@@ -51,8 +51,12 @@ class _Spectrogram(nn.Module):
         self.register_buffer("window", torch.hann_window(win_length))  # periodic, as window_fn=torch.hann_window
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # In float32 the stored window, as torchaudio; in float64 the window computed in float64:
+        # torch.hann_window's float32 rounding (up to 2e-4 relative near the edges) alone moves the
+        # top mel bins of loud frames by ~2e-4 in log-mel.
+        window = self.window if dtype == self.window.dtype else torch.hann_window(self.win_length, dtype=dtype)
         spec = torch.stft(x.to(dtype), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                          window=self.window.to(dtype), center=True, pad_mode="reflect", normalized=False,
+                          window=window, center=True, pad_mode="reflect", normalized=False,
                           onesided=True, return_complex=True)
         return spec.abs() ** 2
 
@@ -75,10 +79,13 @@ class _MelScale(nn.Module):
                  f_max: float | None = None) -> None:
         super().__init__()
         f_max = float(sample_rate // 2) if f_max is None else f_max
-        self.register_buffer("fb", htk_filterbank(n_freqs, f_min, f_max, n_mels, sample_rate).float())
+        fb = htk_filterbank(n_freqs, f_min, f_max, n_mels, sample_rate)
+        self.register_buffer("fb", fb.float())  # float32, as torchaudio stores it
+        self.fb64 = fb  # not a buffer: the float64 path uses the unrounded filters
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(power.transpose(-1, -2), self.fb.to(power.dtype)).transpose(-1, -2)
+        fb = self.fb if power.dtype == self.fb.dtype else self.fb64.to(power.dtype)
+        return torch.matmul(power.transpose(-1, -2), fb).transpose(-1, -2)
 
 
 class MelSpectrogram(nn.Module):
