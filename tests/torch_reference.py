@@ -314,3 +314,28 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
                 module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
                 module.num_batches_tracked.fill_(7)
     return model
+
+
+def reference_for(cfg, num_classes: int = 10, **kwargs) -> ECAPAReference:
+    """The reference of a keras-mgc ECAPA config (keras_mgc.config.ECAPAConfig), any size.
+
+    Raises ValueError for a config the authors' layouts cannot express (uneven bands, or a
+    CCS/FSA last conv other than the authors' 1.5x rule).
+    """
+    from keras_mgc.models.ecapa_tdnn import ecapa_last_channels
+
+    channels, stops = cfg.band_channels(), cfg.band_stop()
+    if len(set(channels)) > 1 or len(set(stops)) > 1:
+        raise ValueError("the reference needs the same C and M in every band")
+    common = dict(num_classes=num_classes, scale=cfg.res2_scale, se_channels=cfg.se_channels,
+                  attention_channels=cfg.attention_channels, n_mels=cfg.frontend.n_mels, **kwargs)
+    last = ecapa_last_channels(cfg)
+    if cfg.fsa.enabled:
+        if last != 3 * sum(channels) // 2:
+            raise ValueError(f"the authors' FSA aggregation has 1.5 x sum(C) outputs, the config {last}")
+        return ECAPAReference("fsa", channels[0], stops[0], bands=cfg.band_slices(), **common)
+    if stops[0]:
+        if last != 3 * (channels[0] + stops[0]) // 2:
+            raise ValueError(f"the authors' CCS last conv has 1.5 x (C + M) outputs, the config {last}")
+        return ECAPAReference("ccs", channels[0], stops[0], **common)
+    return ECAPAReference("vanilla", channels[0], last_channels=last, **common)

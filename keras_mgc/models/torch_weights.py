@@ -26,10 +26,11 @@ What the conversion does, besides renaming:
   inputs), which computes the same function;
 - a checkpoint saved from `nn.DataParallel` / DDP (keys prefixed `module.`) loads as well.
 
-Example:
-    >>> state = {k: v.numpy() for k, v in torch.load("best.pt", map_location="cpu").items()}
-    >>> model = build_model(ECAPAConfig(channels=1024, ccs={"stop": 512}, fsa={"enabled": True}), 10)
-    >>> load_torch_state_dict(model, state)
+Example (with torch installed, an authors' #15 checkpoint `best.pt`)::
+
+    state = {k: v.numpy() for k, v in torch.load("best.pt", map_location="cpu").items()}
+    model = build_model(ECAPAConfig(channels=1024, ccs={"stop": 512}, fsa={"enabled": True}), 10)
+    load_torch_state_dict(model, state)
 """
 
 from __future__ import annotations
