@@ -154,6 +154,15 @@ class ECAPAConfig(ModelConfigBase):
         """M per band (stop channels, 0 without CCS)."""
         return self._per_band(self.ccs.stop, "ccs.stop")
 
+    def last_conv_channels(self) -> int:
+        """Outputs of the last conv: `last_channels`, else the authors' 1.5 x (C + M) without FSA,
+        1.5 x sum(C) with it (BUILD_NOTES.md, "Last layer before pooling")."""
+        if self.last_channels is not None:
+            return self.last_channels
+        if self.fsa.enabled:
+            return 3 * sum(self.band_channels()) // 2
+        return 3 * (self.band_channels()[0] + self.band_stop()[0]) // 2
+
 
 #: Backbone configurations by name. Baselines (ResNet, VGG, BBNN) add their config class
 #: here and a builder in keras_mgc.models; a recipe picks one with `model.backbone`.

@@ -319,17 +319,17 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
 def reference_for(cfg, num_classes: int = 10, **kwargs) -> ECAPAReference:
     """The reference of a keras-mgc ECAPA config (keras_mgc.config.ECAPAConfig), any size.
 
+    Imports neither TensorFlow nor Keras (the benchmark's PyTorch worker uses it).
+
     Raises ValueError for a config the authors' layouts cannot express (uneven bands, or a
     CCS/FSA last conv other than the authors' 1.5x rule).
     """
-    from keras_mgc.models.ecapa_tdnn import ecapa_last_channels
-
     channels, stops = cfg.band_channels(), cfg.band_stop()
     if len(set(channels)) > 1 or len(set(stops)) > 1:
         raise ValueError("the reference needs the same C and M in every band")
     common = dict(num_classes=num_classes, scale=cfg.res2_scale, se_channels=cfg.se_channels,
                   attention_channels=cfg.attention_channels, n_mels=cfg.frontend.n_mels, **kwargs)
-    last = ecapa_last_channels(cfg)
+    last = cfg.last_conv_channels()
     if cfg.fsa.enabled:
         if last != 3 * sum(channels) // 2:
             raise ValueError(f"the authors' FSA aggregation has 1.5 x sum(C) outputs, the config {last}")

@@ -431,12 +431,8 @@ class AttentiveStatsPooling(_ConfigLayer):
 
 
 def ecapa_last_channels(cfg: ECAPAConfig) -> int:
-    """Output channels of the last conv: the authors' 1.5 x (C + M) without FSA, 1.5 x sum(C) with it."""
-    if cfg.last_channels is not None:
-        return cfg.last_channels
-    if cfg.fsa.enabled:
-        return 3 * sum(cfg.band_channels()) // 2
-    return 3 * (cfg.band_channels()[0] + cfg.band_stop()[0]) // 2
+    """Output channels of the last conv (ECAPAConfig.last_conv_channels: the authors' rule or the override)."""
+    return cfg.last_conv_channels()
 
 
 def build_ecapa_backbone(cfg: ECAPAConfig, name: str = "backbone") -> keras.Model:
