@@ -44,22 +44,18 @@ from typing import Any
 
 import numpy as np
 
-from export.verify import timings
+from keras_mgc import presets
+from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE
+from keras_mgc.timing import timings
 
-SAMPLE_RATE = 22050
-CLIP_SAMPLES = 30 * SAMPLE_RATE
-CROP = 44356
+CLIP_SAMPLES = 30 * DEFAULT_SAMPLE_RATE
+CROP = DEFAULT_CROP_SAMPLES
 TTA_CROPS = 16
 
-#: Benchmarked model configurations: the paper's #8 and #15 and the quickstart's CPU-sized model.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "8": {"channels": 1024},
-    "15": {"channels": 1024, "ccs": {"stop": 512}, "fsa": {"enabled": True}},
-    "small": {"channels": 64, "ccs": {"stop": 32}, "fsa": {"enabled": True}, "res2_scale": 4, "se_channels": 16,
-              "attention_channels": 32},
-    # For --quick only: a graph small enough that tracing it takes seconds, not a minute.
-    "tiny": {"channels": 32, "ccs": {"stop": 16}, "res2_scale": 2, "se_channels": 8, "attention_channels": 16},
-}
+#: Benchmarked configurations (`--configs` names -> keras_mgc.presets): the paper's #8 and #15
+#: and the quickstart's CPU-sized model; "tiny" for --quick only (tracing it takes seconds).
+CONFIGS: dict[str, str] = {"8": "paper_08_ecapa", "15": "paper_15_ccs_fsa_s512_c1024", "small": "quickstart",
+                           "tiny": "tiny"}
 #: Why the authors' PyTorch rows are missing when they are (set by the run).
 TORCH_MISSING = "torch is not installed (the test-only extra: pip install -e '.[parity]')"
 RUNTIMES = ("keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8", "onnx")
@@ -82,22 +78,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def machine_info() -> dict[str, Any]:
-    from keras_mgc.evaluation import environment
+    from keras_mgc.environment import cpu_flags, environment
 
     info = environment()
-    flags = _cpu_flags()
+    flags = cpu_flags()
     info["cpu_features"] = sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags)
     for module in ("ai_edge_litert", "onnxruntime", "tf2onnx"):
         try:
@@ -115,11 +100,10 @@ def _threads(n: str | int) -> int:
 def _model(name: str, seed: int = 0):
     import keras
 
-    from keras_mgc.config import ECAPAConfig
     from keras_mgc.models import build_model
 
     keras.utils.set_random_seed(seed)
-    return build_model(ECAPAConfig(**CONFIGS[name]), num_classes=10)
+    return build_model(presets.model_config(CONFIGS[name]), num_classes=10)
 
 
 def _audio(samples: int, batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -181,11 +165,10 @@ def _torch_reference(name: str):
         return None, f"tests/torch_reference.py not found beside {root / 'keras_mgc'} (run from a source checkout)"
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from keras_mgc.config import ECAPAConfig
     from tests.torch_reference import reference_for
 
     try:
-        return reference_for(ECAPAConfig(**CONFIGS[name])), None
+        return reference_for(presets.model_config(CONFIGS[name])), None
     except ValueError as exc:
         return None, f"no PyTorch reference for config {name}: {exc}"
 
@@ -294,15 +277,14 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
     The export's own accuracy thresholds are switched off here: they mean something only for
     a trained model (see the export report of a trained run for agreement numbers).
     """
-    from export.run import ExportOptions, run_export
-    from export.source import ExportSource
-    from keras_mgc.config import ECAPAConfig
+    from keras_mgc.export.run import ExportOptions, run_export
+    from keras_mgc.export.trained_model import ExportSource
 
     work = Path(job["work_dir"]) / job["config"]
     checkpoint = work / "model.keras"
     work.mkdir(parents=True, exist_ok=True)
     _model(job["config"]).save(checkpoint)
-    source = ExportSource(checkpoint=checkpoint, model_config=ECAPAConfig(**CONFIGS[job["config"]]),
+    source = ExportSource(checkpoint=checkpoint, model_config=presets.model_config(CONFIGS[job["config"]]),
                           class_names=[f"class_{i}" for i in range(10)],
                           recipe={"name": f"bench_{job['config']}", "data": {"crop_samples": CROP}}, recipe_path=None)
     audio = [job["data_dir"]] if job.get("data_dir") else None
@@ -319,7 +301,7 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
 
 def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
     """Latency of one exported artifact in its own runtime (export's runners), 30 s clip and TTA."""
-    from export import verify
+    from keras_mgc.export import verify
 
     runtime, threads = job["runtime"], _threads(job["threads"])
     path = job["artifacts"].get(runtime)
@@ -416,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   for t, r in results["peak"].items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="kmgc-bench-") as work:
         for name in configs:
-            entry: dict[str, Any] = results["configs"].setdefault(name, {"model": CONFIGS[name]})
+            entry: dict[str, Any] = results["configs"].setdefault(name, {"preset": CONFIGS[name], "model": presets.get(CONFIGS[name]).model})
             if "flops" in sections:
                 entry["flops"] = run_worker({"kind": "flops", "config": name})
             if "inference" in sections:

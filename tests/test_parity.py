@@ -29,7 +29,8 @@ torch = pytest.importorskip("torch", reason="torch is the test-only parity extra
 
 import keras  # noqa: E402
 
-from keras_mgc.config import ECAPAConfig, OptimizerConfig  # noqa: E402
+from keras_mgc import presets  # noqa: E402
+from keras_mgc.config import OptimizerConfig  # noqa: E402
 from keras_mgc.frontend import LogMelSpectrogram  # noqa: E402
 from keras_mgc.models import build_model  # noqa: E402
 from keras_mgc.models.torch_weights import load_torch_state_dict, torch_plan  # noqa: E402
@@ -40,15 +41,15 @@ from tests.torch_reference import MelSpectrogram, log_mel, randomize_, reference
 CROP = 44356
 FULL = os.environ.get("KERAS_MGC_PARITY_FULL") == "1"
 
-#: The systems compared, as keras-mgc configs ("full": the paper's size); the PyTorch side is
+#: The systems compared, as keras-mgc configs ("full": the paper's presets); the PyTorch side is
 #: tests.torch_reference.reference_for(config).
 SYSTEMS = {
-    "8-full": dict(channels=1024),
-    "12-full": dict(channels=1024, ccs={"stop": 512}),
-    "15-full": dict(channels=1024, ccs={"stop": 512}, fsa={"enabled": True}),
+    "8-full": presets.model_config("paper_08_ecapa"),
+    "12-full": presets.model_config("paper_12_ccs_s512_c1024"),
+    "15-full": presets.model_config("paper_15_ccs_fsa_s512_c1024"),
     # The same architectures at a quarter of the width (all else as the authors'): CI-sized.
-    "12-quarter": dict(channels=256, ccs={"stop": 128}),
-    "15-quarter": dict(channels=256, ccs={"stop": 128}, fsa={"enabled": True}),
+    "12-quarter": presets.model_config("paper_12_ccs_s512_c1024", channels=256, ccs={"stop": 128}),
+    "15-quarter": presets.model_config("paper_15_ccs_fsa_s512_c1024", channels=256, ccs={"stop": 128}),
 }
 
 
@@ -88,7 +89,7 @@ def test_inference_logits_equal_the_pytorch_model(system, clips, crops):
     if system in ("12-full", "15-full") and not FULL:
         pytest.skip("full-size #12/#15 take minutes on 2 cores; KERAS_MGC_PARITY_FULL=1 runs them "
                     "(measured: BUILD_NOTES.md, 'Parity with the authors' PyTorch models')")
-    cfg = ECAPAConfig(**SYSTEMS[system])
+    cfg = SYSTEMS[system]
     torch.manual_seed(0)
     # float64 DFT in the reference's front end, as the Keras front end computes it: the networks
     # are compared here, the front ends in test_frontend_* below.
@@ -143,7 +144,7 @@ def test_keras_frontend_matches_torch_frontend(clips):
 
 STEPS, BATCH = 20, 8
 #: A CPU-sized #12 (CCS, stop channels pooled first in the authors' order, the converter permutes).
-TRAIN_CONFIG = ECAPAConfig(channels=32, ccs={"stop": 16}, res2_scale=4, se_channels=16, attention_channels=16)
+TRAIN_CONFIG = presets.model_config("tiny", res2_scale=4, se_channels=16)
 #: Loss tolerances (BUILD_NOTES.md, "Parity tolerances"). Adam divides every gradient element by
 #: its own RMS, so a rounding-level difference in a tiny gradient element becomes an lr-sized step
 #: and the trajectories of two correct implementations drift apart chaotically. Measured: Keras

@@ -2,7 +2,7 @@
 
 Test-only (torch is the `parity` extra). It is this project's own code, written from the
 paper (Heo et al., "Convolution Channel Separation and Frequency Sub-bands Aggregation for
-Music Genre Classification"), from DESIGN.md section 1 and from reading the authors'
+Music Genre Classification"), from BUILD_NOTES.md ("Design facts") and from reading the authors'
 `model.py` of experiments #08, #12 and #15 (Jungwoo4021/ECAPAwithCCSandFSA, which has no
 licence, so none of it is copied here). What it takes from their files is the checkpoint
 format: the state_dict key names and the order in which channels are concatenated, so that
