@@ -288,7 +288,13 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
                           class_names=[f"class_{i}" for i in range(10)],
                           recipe={"name": f"bench_{job['config']}", "data": {"crop_samples": CROP}}, recipe_path=None)
     audio = [job["data_dir"]] if job.get("data_dir") else None
-    opts = ExportOptions(source=source, out=work / "export", eval_audio=audio, representative_audio=audio,
+    # Only what the requested runtimes need (converting #15 to every format takes minutes).
+    runtimes = job.get("runtimes") or [r for r in RUNTIMES if r != "keras"]
+    formats = tuple(f for f in ("saved_model", "tflite", "onnx") if any(r.split("_")[0] == f.split("_")[0]
+                                                                         for r in runtimes))
+    precisions = tuple(r.removeprefix("tflite_") for r in runtimes if r.startswith("tflite_"))
+    opts = ExportOptions(source=source, out=work / "export", formats=formats, tflite_precisions=precisions,
+                         eval_audio=audio, representative_audio=audio,
                          eval_clips=4, eval_crops_per_clip=1, representative_crops=16, latency_runs=0,
                          max_abs_diff=1.0, min_agreement={k: 0.0 for k in ("float32", "float16", "dynamic_int8", "int8")})
     result = run_export(opts, log=lambda msg: None)
@@ -427,7 +433,7 @@ def _inference(name: str, runtimes: list[str], thread_counts: list[str], repeats
             else:
                 if artifacts is None:
                     artifacts = run_worker({"kind": "artifacts", "config": name, "work_dir": work,
-                                            "data_dir": data_dir})
+                                            "data_dir": data_dir, "runtimes": [r for r in runtimes if r != "keras"]})
                 if "error" in artifacts:
                     res = {"error": f"artifacts: {artifacts['error']}"}
                 else:
@@ -458,8 +464,10 @@ def _print_latency(name: str, runtime: str, threads: str, res: dict[str, Any]) -
 def _training(name: str, quick: bool) -> dict[str, Any]:
     import tensorflow as tf  # only to ask what devices exist
 
+    from keras_mgc.environment import cpu_flags
+
     precisions = ["float32"]
-    if "avx512_bf16" in _cpu_flags() or "amx_bf16" in _cpu_flags():
+    if "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags():
         precisions.append("mixed_bfloat16")
     if tf.config.list_physical_devices("GPU"):
         precisions.append("mixed_float16")
