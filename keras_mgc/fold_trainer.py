@@ -23,14 +23,14 @@ import tensorflow as tf
 from keras_mgc.config import OptimizerConfig, Recipe, ScheduleConfig
 from keras_mgc.data.pipeline import ClipStore, CropSampler, distributed_training_input, training_dataset
 from keras_mgc.data.prepare import Fold, PreparedData
-from keras_mgc.io import atomic_path, read_json, write_json
+from keras_mgc.io import atomic_path, read_json, require_space, write_json
 from keras_mgc.models import build_model
 from keras_mgc.optimizers import make_optimizer
 from keras_mgc.scoring import Predictor
 from keras_mgc.windows import crop_length
 
 __all__ = ["TrainingDiverged", "resolve_precision", "make_strategy", "learning_rate_at",
-           "WholeClipValidation", "RunState", "fold_seed", "train_fold"]
+           "WholeClipValidation", "RunState", "save_model", "fold_seed", "train_fold"]
 
 log = logging.getLogger("keras_mgc")
 
@@ -111,6 +111,11 @@ class RunState(keras.callbacks.BackupAndRestore):
     So `best.keras` is always the model of the best epoch that state.json records, never
     one of an epoch that a kill cut short.
 
+    "Best" is the highest validation accuracy, ties broken by the lower validation loss
+    (monitor `val_accuracy`, and `last`, which evaluates last.keras but still keeps
+    best.keras), or the lowest validation loss, ties broken by the higher accuracy (monitor
+    `val_loss`). Without a validation fold every epoch is the best (the last one wins).
+
     A NaN or infinite training loss stops training at that step; non-finite weights or
     validation loss at the end of an epoch stop it too (a model that outputs NaN in
     inference while its training loss is still finite, e.g. after a huge learning-rate
@@ -122,10 +127,12 @@ class RunState(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir=str(fold_dir / "backup"), save_freq="epoch", delete_checkpoint=False)
         self.fold_dir, self.monitor = fold_dir, monitor
         self.best_path = fold_dir / "best.keras"
+        self.last_path = fold_dir / "last.keras"
         self.state_path = fold_dir / "backup" / "state.json"
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.best_logs: dict[str, float] = {}  # val_accuracy and val_loss of the best epoch
         self.diverged: str | None = None
         self._epoch = 0
 
@@ -162,6 +169,9 @@ class RunState(keras.callbacks.BackupAndRestore):
         self.model.load_weights(self.fold_dir / "backup" / state["weights"])
         self.model._initial_epoch = int(state["epoch"])
         self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
+        self.best_logs = state.get("best_logs") or next(  # states written before best_logs: from the history
+            ({k: h[k] for k in ("val_accuracy", "val_loss") if k in h} for h in self.history
+             if h["epoch"] == self.best_epoch), {})
         self._publish_best()
         log.info("resumed %s after epoch %d (best %s %.4f at epoch %s)", self.fold_dir.name, state["epoch"],
                  self.monitor, self.best if self.best is not None else float("nan"), self.best_epoch)
@@ -196,19 +206,18 @@ class RunState(keras.callbacks.BackupAndRestore):
         if not all(np.isfinite(v.numpy()).all() for v in self.model.weights):
             self._stop(f"weights became non-finite (NaN or Inf) during epoch {epoch + 1}")
             return
-        value = logs.get(self.monitor) if self.monitor else None
-        improved = self.monitor is None or (value is not None and (self.best is None or value > self.best))
         backup = self.fold_dir / "backup"
-        if improved:
-            self.best, self.best_epoch = value, epoch + 1
-            with atomic_path(self._pending_best(epoch + 1)) as tmp:
-                self.model.save(tmp)
+        if self._improved(logs):
+            self.best_epoch = epoch + 1
+            self.best_logs = {k: logs[k] for k in ("val_accuracy", "val_loss") if k in logs}
+            self.best = self.best_logs.get(self._key) if self.monitor else None
+            save_model(self.model, self._pending_best(epoch + 1))
         self.history.append({"epoch": epoch + 1, **logs})
         weights = f"weights-{epoch + 1:04d}.weights.h5"
-        with atomic_path(backup / weights) as tmp:
-            self.model.save_weights(tmp)
+        save_model(self.model, backup / weights, weights_only=True)
         write_json(self.state_path, {"epoch": epoch + 1, "weights": weights, "history": self.history,
-                                     "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor})
+                                     "best": self.best, "best_epoch": self.best_epoch, "best_logs": self.best_logs,
+                                     "monitor": self.monitor})
         self._publish_best()
         for old in backup.glob("weights-*.weights.h5"):
             if old.name != weights:
@@ -216,6 +225,44 @@ class RunState(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         pass  # keep the backup: a later fold failure must not lose this fold's state
+
+    @property
+    def _key(self) -> str:
+        """The validation value that ranks epochs: val_loss for monitor val_loss, else val_accuracy."""
+        return "val_loss" if self.monitor == "val_loss" else "val_accuracy"
+
+    def _improved(self, logs: dict[str, float]) -> bool:
+        """Is this epoch better than the best so far? Ties on the key are broken by the other value."""
+        if self.monitor is None or self.best_epoch is None:
+            return True
+        acc, loss = logs.get("val_accuracy"), logs.get("val_loss")
+        best_acc, best_loss = self.best_logs.get("val_accuracy"), self.best_logs.get("val_loss")
+        if acc is None or loss is None or best_acc is None or best_loss is None:
+            value, best = logs.get(self._key), self.best_logs.get(self._key)
+            return value is not None and (best is None or (value < best if self._key == "val_loss" else value > best))
+        if self._key == "val_loss":
+            return (loss, -acc) < (best_loss, -best_acc)
+        return (acc, -loss) > (best_acc, -best_loss)
+
+    def save_last(self) -> None:
+        """The final weights as last.keras (after the last epoch, and again by a resume of a finished fold)."""
+        save_model(self.model, self.last_path)
+
+
+def save_model(model: keras.Model, path: Path, weights_only: bool = False) -> None:
+    """`model.save` (or `save_weights`) to `path` atomically, after checking the space it needs.
+
+    HDF5 crashes the process (segmentation fault) when it closes a file whose writes failed
+    for lack of space, so a write that cannot fit is refused before it starts (DiskFullError).
+    """
+    variables = list(model.weights) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+    need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    require_space(path, int(need * 1.1) + (1 << 20))
+    with atomic_path(path) as tmp:
+        if weights_only:
+            model.save_weights(tmp)
+        else:
+            model.save(tmp)
 
 
 # --------------------------------------------------------------------------- one fold
@@ -269,6 +316,9 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
         state.on_train_begin()
     if state.diverged:
         raise TrainingDiverged(state.diverged)
-    return {"seed": seed, "best_epoch": state.best_epoch, "val_accuracy": state.best if fold.valid else None,
+    state.save_last()
+    return {"seed": seed, "best_epoch": state.best_epoch,
+            "val_accuracy": state.best_logs.get("val_accuracy") if fold.valid else None,
+            "val_loss": state.best_logs.get("val_loss") if fold.valid else None,
             "monitor": state.monitor, "epochs_run": len(state.history), "resumed_from_epoch": initial_epoch,
             "steps_per_epoch": sampler.steps_per_epoch, "history": state.history}

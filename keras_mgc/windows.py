@@ -9,8 +9,11 @@
   exporter's verification (`keras_mgc.export.clips.crops`).
 - `window_starts` / `Windower`: the tagger's streaming windows (`keras_mgc.tag`): every
   `hop` samples from 0, plus one window aligned to the end when the regular ones stop
-  short; a clip shorter than one window is looped to fill it.
-- `crop_length`: the crop of a recipe in its input's units (samples, or mel frames).
+  short; a clip shorter than one window is looped to fill it. The browser page does the
+  same in JavaScript (web/js/windows.js, checked against this in tests/test_web.py).
+- `crop_length`: the crop of a recipe in its input's units (samples, or mel frames);
+  `seconds_to_samples`: a crop given in seconds (`data.crop_seconds`) at the model's rate,
+  which must come to a whole number of samples.
 
 Why wrap-padding and looping rather than zeros: the front end subtracts each mel bin's mean
 over its input, and zero padding adds frames at log(1e-6) that pull every bin's mean far
@@ -34,7 +37,7 @@ import numpy as np
 
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, crop_frames
 
-__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "Windower", "crop_length"]
+__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "Windower", "crop_length", "seconds_to_samples"]
 
 
 def crop(clip: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -118,3 +121,12 @@ def crop_length(recipe: Any) -> int:
     if recipe.model.input == "mel":
         return crop_frames(samples, recipe.model.frontend.hop_length)
     return samples
+
+
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    """`seconds` at `sample_rate` as a whole number of samples; ValueError when it is not one
+    (within a thousandth of a sample), so that no crop length is silently rounded."""
+    samples = seconds * sample_rate
+    if abs(samples - round(samples)) > 1e-3:
+        raise ValueError(f"{seconds:g} s is {samples:.3f} samples at {sample_rate} Hz, not a whole number")
+    return int(round(samples))

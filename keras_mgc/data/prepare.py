@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 from keras_mgc.config import DataConfig
 from keras_mgc.data import splits as S
 from keras_mgc.data.datasets import GTZAN_GENRES, DatasetError, DatasetIndex, Track, discover, discover_melon
@@ -119,8 +120,13 @@ def _splits(cfg: DataConfig, index: DatasetIndex, seed: int) -> list[tuple[str, 
     return [(f"fold_{k:02d}", S.cv_fold(folds, k)) for k in range(1, len(folds) + 1)]
 
 
-def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: str | Path | None = None) -> PreparedData:
-    """Discover, split, resolve and decode the data a recipe asks for."""
+def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: str | Path | None = None,
+                 sample_rate: int = DEFAULT_SAMPLE_RATE) -> PreparedData:
+    """Discover, split, resolve and decode the data a recipe asks for.
+
+    `sample_rate` is the model's front-end rate (model.frontend.sample_rate): every audio
+    file is decoded and resampled to it, and the disk cache is keyed by it.
+    """
     work_dir = Path(work_dir)
     index, description = _index(cfg, work_dir, seed)
     splits = _splits(cfg, index, seed)
@@ -133,7 +139,8 @@ def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: st
     resolved = [(name, S.resolve_split(split, index, cfg.allow_missing)) for name, split in splits]
     needed = {t.key: t for _, r in resolved for part in r.parts.values() for t in part}
     disk_cache = (cache_dir or cfg.cache_dir or work_dir / "cache") if cfg.cache == "disk" else None
-    store = ClipStore(sorted(needed.values(), key=lambda t: t.key), cache=cfg.cache, cache_dir=disk_cache).prepare()
+    store = ClipStore(sorted(needed.values(), key=lambda t: t.key), cache=cfg.cache, cache_dir=disk_cache,
+                      sample_rate=sample_rate).prepare()
     n = len(needed)
     all_skipped = [dict(s) for s in index.skipped] + store.skipped
     first = "; ".join(f"{s['path']}: {s['reason']}" for s in store.skipped[:5])
