@@ -28,6 +28,10 @@ EXPORT = [
 # selenium drives Debian's chromium + chromium-driver in tests/test_web.py (apt: scripts/install-test-deps);
 # 4.50.0 because 4.52.0 needs a certifi newer than the package index has.
 TESTS = ["pytest==9.2.0", "hypothesis==6.170.17", "selenium==4.50.0", "mediapipe==1.2.2"]
+# The parity tests' PyTorch reference (tests/torch_reference.py). 2.13.0 resolves to the CPU
+# wheel where one is provided (this project's machines); torchaudio has no build for it, so the
+# front end is compared with a float64 re-implementation of torchaudio's defaults instead.
+PARITY = ["torch==2.13.0"]
 
 setup(
     name="keras-mgc",
@@ -41,6 +45,7 @@ setup(
     extras_require={
         "export": EXPORT,
         "tests": TESTS + EXPORT,
+        "parity": PARITY,
         # The on-device tagger needs only these (no TensorFlow): pip install --no-deps keras-mgc
         # then pip install "keras-mgc[tagger]" on a device image.
         # matplotlib only for --plot.

@@ -26,6 +26,12 @@ Sections:
   `keras_mgc.tag.Tagger` with every TFLite precision and the task-ready models (window 2.01 s,
   hop 1 s), on `--song` (default: a generated 3-minute signal).
 
+The inference and training sections also time the authors' PyTorch model of each
+configuration in the same run, on the same threads and batch (`authors_pytorch` rows:
+tests/torch_reference.py, which gives outputs identical to the authors' model.py), so every
+"authors' PyTorch / this" ratio is same-run. They need torch (the `parity` extra) and a
+source checkout, and are skipped with the reason otherwise.
+
 `--quick` runs a tiny configuration only, with few repeats: a smoke test for CI. It
 asserts nothing about speed; numbers from a shared machine are for the record, ratios
 within one run are what hold.
@@ -58,12 +64,10 @@ TTA_CROPS = 16
 #: and the quickstart's CPU-sized model; "tiny" for --quick only (tracing it takes seconds).
 CONFIGS: dict[str, str] = {"8": "paper_08_ecapa", "15": "paper_15_ccs_fsa_s512_c1024", "small": "quickstart",
                            "tiny": "tiny"}
-#: The authors' PyTorch models on the reference CPU (BUILD_NOTES.md, "Design facts"): seconds per 30 s clip,
-#: seconds for 16-crop TTA, training crops per second (batch 64).
-REFERENCE = {"8": {"clip_s": 0.55, "tta_s": 0.65, "train_crops_s": 6.5},
-             "15": {"clip_s": 1.05, "tta_s": 1.21, "train_crops_s": 4.9}}
 #: Front-end timings: the path each runtime's models use first, then the other for comparison.
 FRONTEND_PATHS = {"keras": ("fft", "matmul"), "tflite_float32": ("matmul", "fft")}
+#: Why the authors' PyTorch rows are missing when they are (set by the run).
+TORCH_MISSING = "torch is not installed (the test-only extra: pip install -e '.[parity]')"
 RUNTIMES = ("keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8", "onnx")
 
 
@@ -156,6 +160,67 @@ def work_keras(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _torch_reference(name: str):
+    """The PyTorch reference (tests/torch_reference.py) of a configuration, or a reason why not.
+
+    It is the authors' model (identical outputs to their model.py, BUILD_NOTES.md "Parity with
+    the authors' PyTorch models") with their float32 torchaudio front end.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, TORCH_MISSING
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tests" / "torch_reference.py").is_file():
+        return None, f"tests/torch_reference.py not found beside {root / 'keras_mgc'} (run from a source checkout)"
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tests.torch_reference import reference_for
+
+    try:
+        return reference_for(presets.model_config(CONFIGS[name])), None
+    except ValueError as exc:
+        return None, f"no PyTorch reference for config {name}: {exc}"
+
+
+def work_torch(job: dict[str, Any]) -> dict[str, Any]:
+    """The authors' PyTorch model of a configuration, timed as the Keras rows are, in the same run.
+
+    mode "inference": batch-1 latency of a 30 s clip and of 16-crop TTA (eval mode, no_grad);
+    mode "training": crops per second, median of timed steps of torch.optim.Adam(lr 1e-3,
+    weight_decay 1e-5) with cross-entropy on one constant batch, as their training loop.
+    """
+    model, reason = _torch_reference(job["config"])
+    if model is None:
+        return {"skipped": reason}
+    import torch
+
+    torch.set_num_threads(_threads(job["threads"]))
+    torch.manual_seed(0)
+    out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if job["mode"] == "inference":
+        model.eval()
+        with torch.no_grad():
+            for name, x in (("clip", _audio(CLIP_SAMPLES)), ("tta", _audio(CROP, TTA_CROPS))):
+                x = torch.from_numpy(x)
+                out[name] = timings(lambda: model(x).softmax(-1), job["repeats"], warmup=2)
+    else:
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+        batch = job.get("batch", 64)
+        x, y = torch.from_numpy(_audio(CROP, batch)), torch.arange(batch) % 10
+
+        def step() -> None:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        t = timings(step, job.get("steps", 5), warmup=1)
+        out.update(crops_per_s=batch / t["median"], step_s=t)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
 def work_training(job: dict[str, Any]) -> dict[str, Any]:
     """Crops per second of Keras training steps on one constant batch (input cost excluded).
 
@@ -166,9 +231,12 @@ def work_training(job: dict[str, Any]) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
+    from keras_mgc.config import OptimizerConfig
+    from keras_mgc.optimizers import make_optimizer
+
     keras.mixed_precision.set_global_policy(job["precision"])
     model = _model(job["config"])
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-5),
+    model.compile(optimizer=make_optimizer(OptimizerConfig()),  # the paper recipes' adam_l2
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     batch = job.get("batch", 64)
     x = tf.constant(_audio(CROP, batch))
@@ -278,7 +346,13 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
                           class_names=[f"class_{i}" for i in range(10)],
                           recipe={"name": f"bench_{job['config']}", "data": {"crop_samples": CROP}}, recipe_path=None)
     audio = [job["data_dir"]] if job.get("data_dir") else None
-    opts = ExportOptions(source=source, out=work / "export", eval_audio=audio, representative_audio=audio,
+    # Only what the requested runtimes need (converting #15 to every format takes minutes).
+    runtimes = job.get("runtimes") or [r for r in RUNTIMES if r != "keras"]
+    formats = tuple(f for f in ("saved_model", "tflite", "onnx") if any(r.split("_")[0] == f.split("_")[0]
+                                                                         for r in runtimes))
+    precisions = tuple(r.removeprefix("tflite_") for r in runtimes if r.startswith("tflite_"))
+    opts = ExportOptions(source=source, out=work / "export", formats=formats, tflite_precisions=precisions,
+                         eval_audio=audio, representative_audio=audio,
                          eval_clips=4, eval_crops_per_clip=1, representative_crops=16, latency_runs=0,
                          max_abs_diff=1.0, min_agreement={k: 0.0 for k in ("float32", "float16", "dynamic_int8", "int8")})
     result = run_export(opts, log=lambda msg: None)
@@ -317,7 +391,7 @@ def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
 
 WORKERS = {"peak": work_peak, "flops": work_flops, "keras": work_keras, "training": work_training,
            "pipeline": work_pipeline, "artifacts": work_artifacts, "runtime": work_runtime,
-           "frontend": work_frontend, "tagging": work_tagging}
+           "frontend": work_frontend, "tagging": work_tagging, "torch": work_torch}
 
 
 def run_worker(job: dict[str, Any], timeout: int = 3600, module: str = "keras_mgc.bench") -> dict[str, Any]:
@@ -341,7 +415,7 @@ def _worker_main(spec: str) -> int:
     job = json.loads(spec)
     # TFLite and ONNX Runtime workers never import TensorFlow, so their peak memory is what a
     # device running that artifact needs (LiteRT or ORT, NumPy, the model), not TF's ~600 MB.
-    if not (job["kind"] == "runtime" and job["runtime"] != "saved_model"):
+    if job["kind"] != "torch" and not (job["kind"] == "runtime" and job["runtime"] != "saved_model"):
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(_threads(job.get("threads", "all")))
@@ -419,10 +493,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _artifacts(name: str, work: str, data_dir: str | None, cache: dict[str, Any]) -> dict[str, Any]:
-    """The configuration's exported artifacts (exported once per configuration and run)."""
-    if not cache:
-        cache.update(run_worker({"kind": "artifacts", "config": name, "work_dir": work, "data_dir": data_dir}))
+def _artifacts(name: str, work: str, data_dir: str | None, cache: dict[str, Any],
+               runtimes: list[str] | None = None) -> dict[str, Any]:
+    """The configuration's exported artifacts for `runtimes` (default: every non-Keras runtime).
+
+    Exported once per configuration and run; a later request for runtimes the cache lacks
+    re-exports with the union (converting #15 to every format takes minutes, so only what is asked).
+    """
+    wanted = set(runtimes or [r for r in RUNTIMES if r != "keras"])
+    if not cache or not wanted <= set(cache.get("runtimes", [])):
+        wanted |= set(cache.get("runtimes", []))
+        cache.clear()
+        cache.update(run_worker({"kind": "artifacts", "config": name, "work_dir": work, "data_dir": data_dir,
+                                 "runtimes": sorted(wanted)}))
+        cache["runtimes"] = sorted(wanted)
     return cache
 
 
@@ -472,21 +556,38 @@ def _inference(name: str, runtimes: list[str], thread_counts: list[str], repeats
             if runtime == "keras":
                 res = run_worker({"kind": "keras", "config": name, "threads": threads, "repeats": repeats})
             else:
-                _artifacts(name, work, data_dir, artifacts)
+                _artifacts(name, work, data_dir, artifacts, [r for r in runtimes if r != "keras"])
                 if "error" in artifacts:
                     res = {"error": f"artifacts: {artifacts['error']}"}
                 else:
                     res = run_worker({"kind": "runtime", "runtime": runtime, "config": name, "threads": threads,
                                       "repeats": repeats, "artifacts": artifacts})
             out.setdefault(runtime, {})[threads] = res
-            print(f"  {name} {runtime:<20} threads={threads:<3} " + (
-                f"clip {_fmt(res['clip']['median'])} s, TTA {_fmt(res['tta']['median'])} s"
-                if "clip" in res else f"error: {res.get('error')}"), flush=True)
+            _print_latency(name, runtime, threads, res)
+    # The authors' PyTorch model in the same run, same threads: the ratios in the table are same-run.
+    for threads in thread_counts:
+        res = run_worker({"kind": "torch", "mode": "inference", "config": name, "threads": threads,
+                          "repeats": repeats})
+        out.setdefault(TORCH_ROW, {})[threads] = res
+        _print_latency(name, TORCH_ROW, threads, res)
     return out
+
+
+#: The runtime name of the authors' PyTorch rows.
+TORCH_ROW = "authors_pytorch"
+
+
+def _print_latency(name: str, runtime: str, threads: str, res: dict[str, Any]) -> None:
+    print(f"  {name} {runtime:<20} threads={threads:<3} " + (
+        f"clip {_fmt(res['clip']['median'])} s, TTA {_fmt(res['tta']['median'])} s"
+        if "clip" in res else f"skipped: {res['skipped']}" if "skipped" in res else f"error: {res.get('error')}"),
+        flush=True)
 
 
 def _training(name: str, quick: bool) -> dict[str, Any]:
     import tensorflow as tf  # only to ask what devices exist
+
+    from keras_mgc.environment import cpu_flags
 
     precisions = ["float32"]
     if "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags():
@@ -498,9 +599,13 @@ def _training(name: str, quick: bool) -> dict[str, Any]:
         job = {"kind": "training", "config": name, "precision": precision, "steps": 2 if quick else 5,
                "batch": 16 if quick else 64}
         out[precision] = run_worker(job)
-        res = out[precision]
-        print(f"  {name} training {precision:<15} " + (f"{_fmt(res['crops_per_s'], 2)} crops/s" if "crops_per_s" in res
-                                                        else f"error: {res.get('error')}"), flush=True)
+    # The authors' PyTorch model (float32, all threads), same batch, same run.
+    out[TORCH_ROW] = run_worker({"kind": "torch", "mode": "training", "config": name, "threads": "all",
+                                 "steps": 2 if quick else 5, "batch": 16 if quick else 64})
+    for precision, res in out.items():
+        print(f"  {name} training {precision:<15} " + (
+            f"{_fmt(res['crops_per_s'], 2)} crops/s" if "crops_per_s" in res
+            else f"skipped: {res['skipped']}" if "skipped" in res else f"error: {res.get('error')}"), flush=True)
     return out
 
 
@@ -517,38 +622,49 @@ def report(results: dict[str, Any]) -> str:
     lines += ["| config | runtime | threads | 30 s clip, s (p10-p90) | 16-crop TTA, s | GFLOP/s | % of fp32 peak "
               "| authors' PyTorch / this | peak RSS MiB |",
               "|---|---|---|---|---|---|---|---|---|"]
+    skipped: set[str] = set()
     for name, entry in results["configs"].items():
         gflop = (entry.get("flops") or {}).get("clip_gflop")
-        ref = REFERENCE.get(name, {})
-        for runtime, by_threads in (entry.get("inference") or {}).items():
+        inference = entry.get("inference") or {}
+        torch_rows = inference.get(TORCH_ROW, {})
+        for runtime, by_threads in inference.items():
             for threads, res in by_threads.items():
+                if "skipped" in res:
+                    skipped.add(res["skipped"])
+                    continue
                 if "clip" not in res:
                     lines.append(f"| {name} | {runtime} | {threads} | error: {res.get('error', '')[:60]} | | | | | |")
                     continue
                 clip = res["clip"]
                 rate = gflop / clip["median"] if gflop else None
                 pct = 100 * rate / peak[threads] if rate and peak.get(threads) else None
-                # The reference ran on 2 threads: compare like with like only.
-                speedup = ref["clip_s"] / clip["median"] if ref and _threads(threads) == 2 else None
+                # Same run, same thread count: the authors' model against this row.
+                ref = torch_rows.get(threads, {}).get("clip")
+                speedup = ref["median"] / clip["median"] if ref and runtime != TORCH_ROW else None
                 lines.append(f"| {name} | {runtime} | {threads} | {_fmt(clip['median'])} ({_fmt(clip['p10'])}-{_fmt(clip['p90'])}) "
                              f"| {_fmt(res['tta']['median'])} | {_fmt(rate, 1)} | {_fmt(pct, 0)} | "
                              f"{'-' if speedup is None else f'{speedup:.2f}x'} | {_fmt(res.get('peak_rss_mb'), 0)} |")
-    lines += ["", "| config | params | GFLOP / 30 s clip (front end) | training precision | crops/s | vs authors | peak RSS MiB |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| config | params | GFLOP / 30 s clip (front end) | training precision | crops/s | vs authors' PyTorch "
+              "| peak RSS MiB |", "|---|---|---|---|---|---|---|"]
     for name, entry in results["configs"].items():
         flops = entry.get("flops") or {}
-        ref = REFERENCE.get(name, {}).get("train_crops_s")
-        for precision, res in (entry.get("training") or {"-": {}}).items():
+        training = entry.get("training") or {"-": {}}
+        ref = (training.get(TORCH_ROW) or {}).get("crops_per_s")
+        for precision, res in training.items():
+            if "skipped" in res:
+                skipped.add(res["skipped"])
+                continue
             cps = res.get("crops_per_s")
-            lines.append(f"| {name} | {flops.get('params', '-'):,} | {_fmt(flops.get('clip_gflop'), 1)} "
-                         f"({_fmt(flops.get('clip_frontend_gflop'), 1)}) | {precision} | {_fmt(cps, 2)} | "
-                         f"{'-' if not (cps and ref) else f'{cps / ref:.2f}x'} | {_fmt(res.get('peak_rss_mb'), 0)} |"
-                         if isinstance(flops.get('params'), int) else
-                         f"| {name} | - | - | {precision} | {_fmt(cps, 2)} | - | {_fmt(res.get('peak_rss_mb'), 0)} |")
+            ratio = f"{cps / ref:.2f}x" if cps and ref and precision != TORCH_ROW else "-"
+            params = f"{flops['params']:,}" if isinstance(flops.get("params"), int) else "-"
+            lines.append(f"| {name} | {params} | {_fmt(flops.get('clip_gflop'), 1)} ({_fmt(flops.get('clip_frontend_gflop'), 1)}) "
+                         f"| {precision} | {_fmt(cps, 2)} | {ratio} | {_fmt(res.get('peak_rss_mb'), 0)} |")
     lines += ["", "GFLOP/s counts float FLOPs of the graph over the time taken; int8 rows run on VNNI integer "
-              "units, so their share of the float32 peak can exceed 100%. The authors' PyTorch figures "
-              "(BUILD_NOTES.md) were taken on 2 threads of the same CPU: 0.55 s / 6.5 crops/s (#8), 1.05 s / "
-              "4.9 crops/s (#15)."]
+              "units, so their share of the float32 peak can exceed 100%. The `authors_pytorch` rows are the "
+              "authors' model (tests/torch_reference.py, outputs identical to their model.py; float32 torchaudio "
+              "front end; training with torch.optim.Adam(weight_decay=1e-5)) timed in this same run on the same "
+              "threads and batch, so every ratio is same-run."]
+    lines += [f"authors' PyTorch rows skipped: {reason}" for reason in sorted(skipped)]
     lines += _frontend_report(results) + _tagging_report(results)
     pipe = results.get("pipeline")
     if pipe and "memory" in pipe:

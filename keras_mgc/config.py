@@ -181,6 +181,15 @@ class ECAPAConfig(ModelConfigBase):
         """M per band (stop channels, 0 without CCS)."""
         return self._per_band(self.ccs.stop, "ccs.stop")
 
+    def last_conv_channels(self) -> int:
+        """Outputs of the last conv: `last_channels`, else the authors' 1.5 x (C + M) without FSA,
+        1.5 x sum(C) with it (BUILD_NOTES.md, "Last layer before pooling")."""
+        if self.last_channels is not None:
+            return self.last_channels
+        if self.fsa.enabled:
+            return 3 * sum(self.band_channels()) // 2
+        return 3 * (self.band_channels()[0] + self.band_stop()[0]) // 2
+
 
 #: Backbone configurations by name. Baselines (ResNet, VGG, BBNN) add their config class
 #: here and a builder in keras_mgc.models; a recipe picks one with `model.backbone`.
@@ -249,11 +258,22 @@ class DataConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    """Adam with decoupled weight decay (AdamW), as the authors' torch.optim.Adam(weight_decay)."""
+    """The optimiser (keras_mgc.optimizers): `adam_l2` is the authors' torch.optim.Adam(weight_decay=...).
 
-    name: Literal["adamw", "adam"] = "adamw"
+    adam_l2: coupled L2 (decay added to the gradient before Adam's moments), as torch.optim.Adam;
+    adamw: Keras AdamW (decoupled decay), NOT the authors' optimiser; adam: no decay.
+    """
+
+    name: Literal["adam_l2", "adamw", "adam"] = "adam_l2"
     learning_rate: PositiveFloat = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimizerConfig":
+        if self.name == "adam" and self.weight_decay:
+            raise ValueError(f"weight_decay: {self.weight_decay:g} is set but optimizer 'adam' has no weight decay; "
+                             "use adam_l2 (the authors' coupled L2), adamw (decoupled) or weight_decay: 0")
+        return self
 
 
 class ScheduleConfig(_Section):

@@ -27,10 +27,11 @@ from keras_mgc.data.shard_input import ShardedData
 from keras_mgc.distributed import fix_keras_multi_worker, task_info
 from keras_mgc.io import atomic_path, read_json, require_space, write_json
 from keras_mgc.models import build_model
+from keras_mgc.optimizers import make_optimizer
 from keras_mgc.scoring import Predictor
 from keras_mgc.windows import crop_length
 
-__all__ = ["TrainingDiverged", "resolve_precision", "make_strategy", "learning_rate_at", "make_optimizer",
+__all__ = ["TrainingDiverged", "resolve_precision", "make_strategy", "learning_rate_at",
            "WholeClipValidation", "RunState", "save_model", "fold_seed", "train_fold", "weights_digest"]
 
 log = logging.getLogger("keras_mgc")
@@ -79,12 +80,6 @@ def learning_rate_at(epoch: int, epochs: int, optimizer: OptimizerConfig, schedu
             t -= period
             period *= schedule.restart_mult
     return low + (base - low) * (1 + math.cos(math.pi * t / period)) / 2
-
-
-def make_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
-    if cfg.name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
 
 
 # --------------------------------------------------------------------------- callbacks

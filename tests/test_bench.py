@@ -18,7 +18,21 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path):
     assert entry["flops"]["clip_gflop"] > entry["flops"]["clip_frontend_gflop"] > 0
     inference = entry["inference"]
     assert set(inference) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8",
-                              "tflite_int8", "onnx"}
+                              "tflite_int8", "onnx", "authors_pytorch"}
+    # The authors' PyTorch model, timed in the same run (or skipped with the reason without torch).
+    authors = inference.pop("authors_pytorch")["all"]
+    authors_training = entry["training"].pop("authors_pytorch")
+    table = (tmp_path / "bench.md").read_text()
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "torch is not installed" in authors["skipped"] and "torch is not installed" in authors_training["skipped"]
+        assert "authors' PyTorch rows skipped: torch is not installed" in table
+    else:
+        assert 0 < authors["clip"]["median"] and authors["tta"]["n"] == 3 and authors_training["crops_per_s"] > 0
+        assert "| tiny | authors_pytorch | all |" in table
+        keras_row = next(line for line in table.splitlines() if line.startswith("| tiny | keras | all |"))
+        assert keras_row.split("|")[8].strip().endswith("x")  # the same-run ratio is filled in
     for runtime, by_threads in inference.items():
         res = by_threads["all"]
         assert "error" not in res, (runtime, res)
@@ -30,5 +44,4 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path):
         assert res["crops_per_s"] > 0, precision
     pipe = results["pipeline"]
     assert pipe["memory"]["cached_crops_per_s"] > 0 and pipe["disk"]["first_epoch_crops_per_s"] > 0
-    table = (tmp_path / "bench.md").read_text()
     assert "| tiny | tflite_dynamic_int8 | all |" in table and "Input pipeline" in table

@@ -49,9 +49,44 @@ def torch_initializers(fan_in: int) -> dict[str, keras.initializers.Initializer]
     }
 
 
+@_register
+class TorchBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose running variance is updated as torch.nn.BatchNorm1d updates it.
+
+    Both normalise a training batch with its biased variance, but torch feeds the UNBIASED
+    batch variance (n / (n - 1), n = values per channel in the batch) into the running
+    average, Keras the biased one. For the head's BatchNorms n is the batch size, so at
+    batch 64 Keras's running variance (used in inference) would be 1/64 smaller than the
+    authors'; with this class the two are the same (tests/test_parity.py).
+    """
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = self._moments(x, None)
+        shape = ops.shape(x)
+        count = ops.cast(math.prod(shape[a] for a in self._reduction_axes), x.dtype)  # values per channel
+        if self.synchronized:  # moments over all replicas' batches (TensorFlow only, as Keras's option)
+            import tensorflow as tf
+
+            context = tf.distribute.get_replica_context()
+            count = count * (context.num_replicas_in_sync if context is not None else 1)
+        unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+        momentum = self.momentum
+        self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(ops.cast(self.moving_variance, x.dtype) * momentum + unbiased * (1.0 - momentum))
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        outputs = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                          epsilon=self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+
 def batch_norm(sync: bool = False, name: str | None = None, **kwargs: Any) -> keras.layers.BatchNormalization:
-    """BatchNorm with PyTorch's defaults (momentum 0.1 -> 0.9 here, epsilon 1e-5)."""
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync, name=name, **kwargs)
+    """BatchNorm with PyTorch's defaults and semantics (momentum 0.1 -> 0.9 here, epsilon 1e-5,
+    unbiased variance in the running average)."""
+    return TorchBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync, name=name, **kwargs)
 
 
 class _ConfigLayer(keras.layers.Layer):
@@ -400,12 +435,8 @@ class AttentiveStatsPooling(_ConfigLayer):
 
 
 def ecapa_last_channels(cfg: ECAPAConfig) -> int:
-    """Output channels of the last conv: the authors' 1.5 x (C + M) without FSA, 1.5 x sum(C) with it."""
-    if cfg.last_channels is not None:
-        return cfg.last_channels
-    if cfg.fsa.enabled:
-        return 3 * sum(cfg.band_channels()) // 2
-    return 3 * (cfg.band_channels()[0] + cfg.band_stop()[0]) // 2
+    """Output channels of the last conv (ECAPAConfig.last_conv_channels: the authors' rule or the override)."""
+    return cfg.last_conv_channels()
 
 
 def build_ecapa_backbone(cfg: ECAPAConfig, name: str = "backbone") -> keras.Model:
