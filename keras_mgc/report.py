@@ -95,8 +95,6 @@ def differences(row: paper.PaperRow | None, protocol: dict[str, Any], mode: str,
         return ["no published number (recipe has no paper_ref of the paper's tables)"]
     want = paper.PAPER_PROTOCOL[row.dataset]
     out = []
-    if overrides:
-        out.append("recipe overridden: " + " ".join(overrides))
     if row.note.startswith("Liu et al."):
         out.append("published number is Liu et al.'s, with their own protocol")
     if protocol["dataset"] != row.dataset:
@@ -110,6 +108,8 @@ def differences(row: paper.PaperRow | None, protocol: dict[str, Any], mode: str,
         out.append(f"{protocol['missing_entries']} split entries missing from the data")
     if mode != row.eval_mode:
         out.append(f"evaluation {mode} (paper: {row.eval_mode})")
+    if overrides:
+        out.append("recipe overridden: " + " ".join(overrides))
     return out
 
 
