@@ -29,6 +29,7 @@ import json
 import math
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -217,20 +218,22 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> None:
                hatch=None if r["comparable"] else "//")
         ax.text(x + width / 2, r["measured_mean"] + r["measured_std"] + 1, f"{r['measured_mean']:.1f}",
                 ha="center", fontsize=7)
+    labels = [f"{r['ref']} {r['system']}" if r["ref"] else r["recipe"] for r in rows]
     ax.set_xticks(range(n))
-    ax.set_xticklabels([f"{r['ref']} {r['system']}" if r["ref"] else r["recipe"] for r in rows],
-                       rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([textwrap.fill(label, 16) for label in labels], rotation=0 if n <= 6 else 45,
+                       ha="center" if n <= 6 else "right", fontsize=7)
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("Published vs measured accuracy (measured: mean +- std over folds)", fontsize=10)
     ax.legend(handles=[Patch(color="#9db4d3", label="published"),
                        Patch(color="#e07b39", label="measured, paper's protocol"),
                        Patch(facecolor="white", edgecolor="#e07b39", hatch="//",
                              label="measured, other protocol (not comparable)")],
-              fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False)
+              fontsize=7, loc="upper center", ncol=3, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
