@@ -28,7 +28,7 @@ setup(
     version="0.1.0",
     description="Music genre classification toolkit: ECAPA-TDNN with CCS and FSA in Keras 3",
     python_requires=">=3.11",
-    packages=find_packages(include=["keras_mgc", "keras_mgc.*", "export", "export.*"]),
+    packages=find_packages(include=["keras_mgc", "keras_mgc.*"]),
     package_data={"keras_mgc": ["data/split_lists/*/*.txt", "data/split_lists/*/*.md"]},
     include_package_data=True,
     install_requires=CORE,

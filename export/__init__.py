@@ -3,10 +3,11 @@ equal to the Keras model on real clips.
 
 Every artifact takes raw mono audio at 22,050 Hz (float32, [batch, samples], any length of at
 least one crop) with the log-mel front end inside, has a second entry point for precomputed
-48-bin log-mels, and returns genre probabilities and the pooled embedding. One command builds
+48-bin log-mels, and returns genre probabilities and the pooled embedding (the names and
+defaults: `keras_mgc.contract`). One command builds
 them all from a run directory and verifies each one against the reference Keras model:
 
-    python -m export --run runs/gtzan_cv --formats all
+    python -m keras_mgc.export --run runs/gtzan_cv --formats all
 
 Layout of the output (``<run>/export/`` by default)::
 
@@ -20,10 +21,16 @@ Layout of the output (``<run>/export/`` by default)::
 A failed verification publishes the artifacts to ``<out>.failed/`` instead (never where a
 deployment would pick them up) and exits non-zero. docs/serving.md documents the signatures.
 
-Module map: source (run dir / checkpoint -> float32 model + metadata), graphs (serving
-graphs), saved_model / tflite / onnx_export (the converters), clips (real evaluation and
-representative audio), verify (runners, agreement, latency, thresholds), report, publish
-(staging and atomic publication), serving_client / serving_emulator (TF Serving REST and gRPC).
+Module map: trained_model (run dir / checkpoint -> float32 model + metadata), graphs
+(serving graphs), saved_model / tflite / onnx_export (the converters), clips (real evaluation
+and representative audio), verify (runners, agreement, latency, thresholds), report, publish
+(the staging folder), serving_client (TF Serving REST and gRPC). The contract the artifacts
+follow is `keras_mgc.contract`; the TF Serving stand-in the client is tested against lives in
+tests/serving_emulator.py.
+
+This folder is the package `keras_mgc.export` (installed there; `keras_mgc/export` is a link
+to it). From a checkout, ``python -m export`` also works (its ``__main__`` runs
+`keras_mgc.export.cli`), but the documented command is ``python -m keras_mgc.export``.
 """
 
 __all__ = ["ExportError"]

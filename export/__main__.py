@@ -1,5 +1,5 @@
-"""``python -m export --run DIR --formats all``: see export.cli."""
+"""``python -m keras_mgc.export --run DIR --formats all`` (and ``python -m export`` from a checkout): see cli.py."""
 
-from export.cli import main
+from keras_mgc.export.cli import main
 
 raise SystemExit(main())

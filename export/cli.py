@@ -1,4 +1,4 @@
-"""``python -m export``: SavedModel, TFLite and ONNX artifacts from a run, each verified against Keras.
+"""``python -m keras_mgc.export``: SavedModel, TFLite and ONNX artifacts from a run, each verified against Keras.
 
 Exit codes: 0 exported and verified; 1 an artifact failed to build or missed its threshold
 (the artifacts go to ``<out>.failed/`` with the report); 2 bad arguments or inputs (nothing
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from export import ExportError
+from keras_mgc.export import ExportError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -47,7 +47,7 @@ def _threads(value: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m export",
+        prog="python -m keras_mgc.export",
         description="Export a trained genre classifier (SavedModel for TF Serving, TFLite, ONNX) and prove each "
                     "artifact equal to the Keras model on real clips.",
         epilog="Exit codes: 0 ok; 1 an artifact failed (written to OUT.failed/); 2 bad arguments or inputs; "
@@ -109,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         if value < 0:
             return fail(f"{name} is too small")
 
-    from export import run as run_mod
-    from export import source as source_mod
-    from export import verify
+    from keras_mgc.export import run as run_mod
+    from keras_mgc.export import trained_model
+    from keras_mgc.export import verify
 
     try:
         if args.run is not None:
-            src = source_mod.from_run(args.run, args.fold)
+            src = trained_model.from_run(args.run, args.fold)
             out = args.out or args.run / "export"
         else:
-            src = source_mod.from_files(args.model, args.recipe, args.classes)
+            src = trained_model.from_files(args.model, args.recipe, args.classes)
             out = args.out or args.model.parent / "export"
         min_agreement = dict(verify.MIN_AGREEMENT) | (args.min_agreement or {})
         unknown = set(min_agreement) - set(verify.MIN_AGREEMENT)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print("export: interrupted; nothing was published", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-    from export import report as report_mod
+    from keras_mgc.export import report as report_mod
 
     print(report_mod.table(result.report), end="")
     if result.passed:

@@ -23,7 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from keras_mgc.audio import AudioError, is_audio_file, load_audio
+from keras_mgc import windows
+from keras_mgc.audio import AudioError, find_audio_files, load_audio
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
+
+__all__ = ["Log", "Clip", "ClipSet", "expand", "stratified", "default_pool", "load", "generated", "crops", "random_crops"]
 
 Log = Callable[[str], None]
 
@@ -41,7 +45,7 @@ class ClipSet:
     source: str = "real"  # "real" or "generated"
     origin: str = ""  # where the files came from
     notes: list[str] = field(default_factory=list)
-    sample_rate: int = 22050
+    sample_rate: int = DEFAULT_SAMPLE_RATE
 
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "origin": self.origin, "clips": [c.name for c in self.clips],
@@ -56,7 +60,7 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[di
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p))
+            found = find_audio_files(path)
             if not found:
                 problems.append({"path": str(path), "reason": "folder holds no audio files"})
             files += found
@@ -94,7 +98,7 @@ def default_pool(recipe: dict[str, Any]) -> tuple[list[Path], str]:
         candidates.append(Path(env) / "gtzan-mini")
     for folder in candidates:
         if folder.is_dir():
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and is_audio_file(p))
+            files = find_audio_files(folder)
             if files:
                 return stratified(files), str(folder)
     return [], ""
@@ -151,11 +155,11 @@ def generated(n: int, seconds: float, sample_rate: int, seed: int = 0) -> ClipSe
 
 
 def crops(clip_set: ClipSet, crop: int, per_clip: int) -> list[tuple[str, np.ndarray]]:
-    """`per_clip` crops per clip at evenly spaced starts (first and last included)."""
+    """`per_clip` crops per clip at the TTA starts (`keras_mgc.windows.tta_starts`: first and last included)."""
     out = []
     for clip in clip_set.clips:
-        starts = np.linspace(0, len(clip.audio) - crop, per_clip).astype(int) if per_clip > 1 else [0]
-        out += [(f"{clip.name}@{s}", clip.audio[s : s + crop]) for s in starts]
+        out += [(f"{clip.name}@{s}", windows.crop(clip.audio, int(s), crop))
+                for s in windows.tta_starts(len(clip.audio), crop, per_clip)]
     return out
 
 
@@ -167,6 +171,6 @@ def random_crops(clip_set: ClipSet, crop: int, n: int, seed: int = 0) -> list[np
     out = []
     for i in range(n):
         audio = clip_set.clips[i % len(clip_set.clips)].audio
-        start = int(rng.integers(0, len(audio) - crop + 1))
-        out.append(audio[start : start + crop])
+        start = int(rng.integers(0, max(len(audio) - crop, 0) + 1))
+        out.append(windows.crop(audio, start, crop))
     return out

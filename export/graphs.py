@@ -32,8 +32,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mgc.contract import EMBEDDING, PROBABILITIES
 from keras_mgc.frontend import LogMelSpectrogram
 from keras_mgc.models.classifier import frontend_params, with_input
+
+__all__ = ["ServingModels", "probabilities_and_embedding"]
 
 @dataclass
 class ServingModels:
@@ -86,4 +89,4 @@ class ServingModels:
 
 def probabilities_and_embedding(outputs: dict[str, Any]) -> dict[str, Any]:
     """The artifacts' outputs from an entry graph's {"logits", "embedding"}."""
-    return {"probabilities": ops.softmax(outputs["logits"], axis=-1), "embedding": outputs["embedding"]}
+    return {PROBABILITIES: ops.softmax(outputs["logits"], axis=-1), EMBEDDING: outputs["embedding"]}

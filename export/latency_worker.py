@@ -1,7 +1,7 @@
 """Child process for SavedModel latency with a given number of TensorFlow threads.
 
-TensorFlow sizes its thread pools once per process, so `export.verify` measures the
-one-thread latency here: ``python -m export.latency_worker --saved-model DIR --input clip.npy
+TensorFlow sizes its thread pools once per process, so `keras_mgc.export.verify` measures the
+one-thread latency here: ``python -m keras_mgc.export.latency_worker --saved-model DIR --input clip.npy
 --threads 1 --runs 5`` prints one JSON line {"median_s": ..., "times_s": [...]}.
 """
 
@@ -12,11 +12,11 @@ import json
 
 import numpy as np
 
-from export.verify import timings
+from keras_mgc.timing import timings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.latency_worker")
+    parser = argparse.ArgumentParser(prog="python -m keras_mgc.export.latency_worker")
     parser.add_argument("--saved-model", required=True)
     parser.add_argument("--input", required=True, help=".npy file, float32 (batch, samples)")
     parser.add_argument("--signature", default="serving_default")

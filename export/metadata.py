@@ -8,49 +8,33 @@ This module does not import TensorFlow.
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
-from importlib import metadata as _pkg
 from pathlib import Path
 from typing import Any
 
-from export import publish
+from keras_mgc import io as kio
+from keras_mgc.contract import MEL_INPUT, METADATA_VERSION, WAVEFORM_INPUT
+from keras_mgc.environment import package_versions, utc_now
+from keras_mgc.export.trained_model import ExportSource
 from keras_mgc.models.classifier import frontend_params
-from export.source import ExportSource
 
-#: Bumped when a key changes meaning.
-METADATA_VERSION = 1
+__all__ = ["io_spec", "artifact_metadata", "write_side_files"]
+
 
 _LOGMEL_DOC = ("natural log of (48-bin HTK mel power + 1e-6), NOT mean-normalised (the model removes each "
                "bin's time mean itself); frames every 256 samples (1 + samples // 256 frames)")
 
 
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("keras-mgc", "tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime",
-                 "ai-edge-litert", "numpy"):
-        try:
-            out[name] = _pkg.version(name)
-        except _pkg.PackageNotFoundError:
-            continue
-    return out
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def io_spec(source: ExportSource, entry: str, embedding_size: int, input_name: str | None = None) -> dict[str, Any]:
     """Input and outputs of one entry point ("waveform" or "mel")."""
     n = len(source.class_names)
-    if entry == "waveform":
-        inp = {"name": input_name or "waveform", "dtype": "float32", "shape": ["batch", "samples"],
+    if entry == WAVEFORM_INPUT:
+        inp = {"name": input_name or WAVEFORM_INPUT, "dtype": "float32", "shape": ["batch", "samples"],
                "sample_rate": source.sample_rate, "channels": 1, "min_samples": source.crop_samples,
                "description": f"mono audio at {source.sample_rate} Hz, float32 in [-1, 1], any length >= "
                               f"one crop ({source.crop_samples} samples); one row per clip (rows of one batch "
                               "share a length)"}
     else:
-        inp = {"name": input_name or "mel", "dtype": "float32",
+        inp = {"name": input_name or MEL_INPUT, "dtype": "float32",
                "shape": ["batch", "frames", source.model_config.frontend.n_mels], "description": _LOGMEL_DOC}
     outputs = {
         "probabilities": {"dtype": "float32", "shape": ["batch", n], "description": "softmax over class_names"},
@@ -99,18 +83,18 @@ def artifact_metadata(
         "training": source.training_info(),
         "metrics": source.metrics(),
         "keras_mgc_version": __version__,
-        "versions": versions(),
+        "versions": package_versions(),
         "created": utc_now(),
     }
     if extra:
         meta.update(extra)
-    return publish.to_jsonable(meta)
+    return kio.to_jsonable(meta)
 
 
 def write_side_files(artifact_path: Path, meta: dict[str, Any], class_names: list[str],
                      json_path: Path | None = None) -> Path:
     """`<stem>.json` (or `json_path`) and `labels.txt` beside an artifact; returns the JSON path."""
     json_path = json_path or artifact_path.with_suffix(".json")
-    publish.write_json(json_path, meta)
-    publish.write_text(json_path.parent / "labels.txt", "\n".join(class_names) + "\n")
+    kio.write_json(json_path, meta)
+    kio.write_text(json_path.parent / "labels.txt", "\n".join(class_names) + "\n")
     return json_path

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from export.graphs import ServingModels, probabilities_and_embedding
+from keras_mgc.contract import MEL_INPUT, OUTPUTS, WAVEFORM_INPUT
+from keras_mgc.export.graphs import ServingModels, probabilities_and_embedding
+
+__all__ = ["OPSET", "ENTRY_FILES", "convert", "describe"]
 
 OPSET = 17
-ENTRY_FILES = {"waveform": "model.onnx", "mel": "model_mel.onnx"}
+ENTRY_FILES = {WAVEFORM_INPUT: "model.onnx", MEL_INPUT: "model_mel.onnx"}
 
 
 def convert(models: ServingModels, entry: str, opset: int = OPSET, dft_precision: str = "float32") -> bytes:
@@ -22,12 +25,12 @@ def convert(models: ServingModels, entry: str, opset: int = OPSET, dft_precision
     import tensorflow as tf
     import tf2onnx
 
-    if entry == "waveform":
+    if entry == WAVEFORM_INPUT:
         graph = models.waveform(dft_precision)
-        spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
+        spec = tf.TensorSpec([None, None], tf.float32, name=WAVEFORM_INPUT)
     else:
         graph = models.mel()
-        spec = tf.TensorSpec([None, None, models.cfg.frontend.n_mels], tf.float32, name="mel")
+        spec = tf.TensorSpec([None, None, models.cfg.frontend.n_mels], tf.float32, name=MEL_INPUT)
 
     def fn(x: Any) -> dict[str, Any]:
         return probabilities_and_embedding(graph(x, training=False))
@@ -36,7 +39,7 @@ def convert(models: ServingModels, entry: str, opset: int = OPSET, dft_precision
     onnx.checker.check_model(proto)
     inputs = [i.name for i in proto.graph.input]
     outputs = sorted(o.name for o in proto.graph.output)
-    if inputs != [spec.name] or outputs != ["embedding", "probabilities"]:
+    if inputs != [spec.name] or outputs != sorted(OUTPUTS):
         raise RuntimeError(f"tf2onnx named the {entry} model's inputs {inputs} and outputs {outputs}")
     return proto.SerializeToString()
 

@@ -1,8 +1,8 @@
-"""Atomic writes: an export is built in a staging folder and renamed into place when done.
+"""Staging: an export is built in a staging folder and renamed into place when done.
 
 Everything goes to ``<parent>/.<out>.staging-XXXX/`` (same file system as the destination).
-Files inside are themselves written under a temporary name and renamed, and directories
-(SavedModels) are built under a temporary name and renamed. At the end the staging folder
+Files inside are themselves written with `keras_mgc.io` (temporary name, then rename), and
+directories (SavedModels) with `keras_mgc.io.atomic_directory`. At the end the staging folder
 is renamed to ``<out>`` (verification passed) or ``<out>.failed`` (it did not); an older
 folder of that name is moved aside first and deleted after. A crash therefore leaves only
 a hidden ``.staging-`` folder, never a complete-looking export; the next export removes
@@ -11,89 +11,16 @@ staging folders whose process is gone. This module does not import TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from keras_mgc.io import replace_directory
+
+__all__ = ["Staging"]
 
 _OWNER = ".owner-pid"
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary name in the same folder, fsync, rename)."""
-    with atomic_file(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
-
-
-def to_jsonable(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None, paths to str."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return to_jsonable(value.tolist())
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; when the block succeeds it replaces `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        replace_directory(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_directory(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` is moved aside first and deleted after."""
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent)) / dst.name
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

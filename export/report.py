@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["table", "markdown"]
+
 
 def _size(n: int | None) -> str:
     if n is None:

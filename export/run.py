@@ -1,6 +1,6 @@
 """The export: build every requested artifact, verify each against Keras, publish atomically.
 
-`run_export(options)` is what ``python -m export`` runs. Steps: load the checkpoint in float32;
+`run_export(options)` is what ``python -m keras_mgc.export`` runs. Steps: load the checkpoint in float32;
 load the evaluation and representative clips (bad files reported and skipped); build the
 artifacts in a staging folder (a failing converter is recorded and the others go on); run
 every artifact on the same clips as the reference Keras model; write metadata beside each
@@ -23,12 +23,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from export import ExportError, publish
-from export import clips as clips_mod
-from export import metadata as meta_mod
-from export import report as report_mod
-from export import verify
-from export.source import ExportSource
+from keras_mgc import io as kio
+from keras_mgc.contract import ENTRY_SIGNATURES, MEL_INPUT, MEL_SIGNATURE, SIGNATURE, WAVEFORM_INPUT
+from keras_mgc.environment import package_versions, utc_now
+from keras_mgc.export import ExportError, publish
+from keras_mgc.export import clips as clips_mod
+from keras_mgc.export import metadata as meta_mod
+from keras_mgc.export import report as report_mod
+from keras_mgc.export import verify
+from keras_mgc.export.trained_model import ExportSource
+
+__all__ = ["FORMATS", "ExportOptions", "Artifact", "ExportResult", "default_model_name", "run_export", "command_line"]
 
 FORMATS = ("saved_model", "tflite", "onnx")
 
@@ -166,7 +171,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
     unknown = set(opts.formats) - set(FORMATS)
     if unknown:
         raise ExportError(f"unknown format(s) {sorted(unknown)} (known: {', '.join(FORMATS)})")
-    from export.tflite import PRECISIONS
+    from keras_mgc.export.tflite import PRECISIONS
 
     bad = set(opts.tflite_precisions) - set(PRECISIONS)
     if bad:
@@ -180,7 +185,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
 
     evaluation, representative = _load_clips(opts, log)
 
-    from export.graphs import ServingModels
+    from keras_mgc.export.graphs import ServingModels
 
     log(f"loading {src.checkpoint} (rebuilt in float32)")
     try:
@@ -208,8 +213,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
         for art in artifacts:
             if art.path is not None and art.path.exists():
                 _write_metadata(art, src, models, report)
-        publish.write_json(staging.dir / "report.json", report)
-        publish.write_text(staging.dir / "report.md", report_mod.markdown(report))
+        kio.write_json(staging.dir / "report.json", report)
+        kio.write_text(staging.dir / "report.md", report_mod.markdown(report))
         passed = report["status"] == "passed"
         location = staging.publish(passed)
     except BaseException:
@@ -225,7 +230,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
     artifacts: list[Artifact] = []
 
     if "saved_model" in opts.formats:
-        from export import saved_model
+        from keras_mgc.export import saved_model
 
         art = Artifact(f"saved_model/{model_name}/{opts.version}", "saved_model", "float32", ("waveform", "mel"),
                        dft_precision="float64")
@@ -245,7 +250,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
         artifacts.append(art)
 
     if "tflite" in opts.formats:
-        from export import tflite
+        from keras_mgc.export import tflite
 
         converter = tflite.TFLiteConverter(models, workdir=stage / ".tflite-work")
         rep = None
@@ -255,8 +260,8 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
 
             def rep() -> Any:
                 for crop, mel in zip(crops, mels):
-                    yield "serving_default", {"waveform": crop[None].astype(np.float32)}
-                    yield "mel", {"mel": mel}
+                    yield SIGNATURE, {WAVEFORM_INPUT: crop[None].astype(np.float32)}
+                    yield MEL_SIGNATURE, {MEL_INPUT: mel}
         try:
             for precision in opts.tflite_precisions:
                 art = Artifact(f"tflite/model_{precision}.tflite", "tflite", precision, ("waveform", "mel"))
@@ -266,7 +271,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                     art.details.update(tflite.check_contract(flatbuffer, len(src.class_names), models.embedding_size,
                                                              models.cfg.frontend.n_mels))
                     art.path = stage / art.name
-                    publish.write_bytes(art.path, flatbuffer)
+                    kio.write_bytes(art.path, flatbuffer)
                     art.runner = verify.TFLiteRunner(art.path, threads=1)
                 except Exception as exc:
                     art.error = _err(exc)
@@ -277,7 +282,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
             shutil.rmtree(stage / ".tflite-work", ignore_errors=True)
 
     if "onnx" in opts.formats:
-        from export import onnx_export
+        from keras_mgc.export import onnx_export
 
         for entry, filename in onnx_export.ENTRY_FILES.items():
             art = Artifact(f"onnx/{filename}", "onnx", "float32", (entry,))
@@ -286,7 +291,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                 data = onnx_export.convert(models, entry)
                 art.details.update(onnx_export.describe(data))
                 art.path = stage / art.name
-                publish.write_bytes(art.path, data)
+                kio.write_bytes(art.path, data)
                 art.runner = verify.ONNXRunner({entry: art.path}, threads=1)
             except Exception as exc:
                 art.error = _err(exc)
@@ -345,7 +350,7 @@ def _report(opts: ExportOptions, src: ExportSource, model_name: str, artifacts: 
                [f"{a.name}: {f}" for a in artifacts for f in a.failures]
     serving: dict[str, Any] = {}
     if any(a.fmt == "saved_model" and a.error is None for a in artifacts):
-        from export import saved_model
+        from keras_mgc.export import saved_model
 
         published = opts.out if not failures else opts.out.with_name(opts.out.name + ".failed")
         serving = {
@@ -357,9 +362,9 @@ def _report(opts: ExportOptions, src: ExportSource, model_name: str, artifacts: 
     ev = evaluation.summary() | {"n_whole": inputs.n_whole, "n_crops": len(inputs.crops),
                                  "crops_per_clip": opts.eval_crops_per_clip, "crop_samples": src.crop_samples}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return publish.to_jsonable({
+    return kio.to_jsonable({
         "status": "failed" if failures or not artifacts else "passed",
-        "created": meta_mod.utc_now(),
+        "created": utc_now(),
         "seconds": round(time.time() - started, 1),
         "command": opts.command,
         "model_name": model_name,
@@ -374,7 +379,7 @@ def _report(opts: ExportOptions, src: ExportSource, model_name: str, artifacts: 
         "latency": {"clip": latency_desc, "clip_seconds": verify.LATENCY_SECONDS, "runs": opts.latency_runs,
                     "threads": list(opts.latency_threads)},
         "host": {"cpu_count": os.cpu_count(), "loadavg": [round(x, 2) for x in load] if load else None,
-                 "versions": meta_mod.versions()},
+                 "versions": package_versions()},
         "artifacts": [a.summary() for a in artifacts],
         "failures": failures,
         "serving": serving,
@@ -382,20 +387,16 @@ def _report(opts: ExportOptions, src: ExportSource, model_name: str, artifacts: 
 
 
 def _write_metadata(art: Artifact, src: ExportSource, models: Any, report: dict[str, Any]) -> None:
-    specs = {
-        "waveform": meta_mod.io_spec(src, "waveform", models.embedding_size),
-        "mel": meta_mod.io_spec(src, "mel", models.embedding_size),
-    }
+    specs = {entry: meta_mod.io_spec(src, entry, models.embedding_size) for entry in ENTRY_SIGNATURES}
+    if art.fmt in ("saved_model", "tflite"):  # one signature per entry point, named by the contract
+        entry_points = {ENTRY_SIGNATURES[entry]: spec for entry, spec in specs.items()}
     if art.fmt == "saved_model":
-        entry_points = {"serving_default": specs["waveform"], "classify_mel": specs["mel"]}
         for spec in entry_points.values():
             spec["outputs"] = spec["outputs"] | {
                 "top_classes": {"dtype": "string", "shape": ["batch", "k"], "description": "class names, best first"},
                 "top_scores": {"dtype": "float32", "shape": ["batch", "k"], "description": "their probabilities"},
             }
-    elif art.fmt == "tflite":
-        entry_points = {"serving_default": specs["waveform"], "mel": specs["mel"]}
-    else:
+    elif art.fmt != "tflite":
         entry_points = {art.entries[0]: specs[art.entries[0]]}
     verification = {"passed": art.passed, "thresholds": art.thresholds, "entries": art.results,
                     "latency_ms_30s": art.latency_ms, "evaluation_source": report["evaluation"]["source"],
@@ -415,4 +416,4 @@ def _write_metadata(art: Artifact, src: ExportSource, models: Any, report: dict[
 
 
 def command_line(argv: list[str]) -> str:
-    return "python -m export " + " ".join(shlex.quote(a) for a in argv)
+    return "python -m keras_mgc.export " + " ".join(shlex.quote(a) for a in argv)

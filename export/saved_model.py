@@ -1,6 +1,7 @@
 """SavedModel for TensorFlow Serving: `<root>/<model_name>/<version>/`, named signatures.
 
-Signatures (method tensorflow/serving/predict; inputs and outputs named, never args_0/output_0):
+Signatures (`keras_mgc.contract`; method tensorflow/serving/predict; inputs and outputs named,
+never args_0/output_0):
 
 - ``serving_default``: ``waveform`` float32 [batch, samples] at 22,050 Hz ->
   ``probabilities`` [batch, n_classes], ``top_classes`` string [batch, k] (class names, best
@@ -8,7 +9,7 @@ Signatures (method tensorflow/serving/predict; inputs and outputs named, never a
 - ``classify_mel``: ``mel`` float32 [batch, frames, 48] log-mels -> the same outputs.
 
 Written with `keras.export.ExportArchive` (an endpoint returning a dict gives named outputs;
-DESIGN.md section 2). The front end keeps the Keras model's float64 DFT: TensorFlow runs it
+measured here: BUILD_NOTES.md, "Design facts"). The front end keeps the Keras model's float64 DFT: TensorFlow runs it
 and the SavedModel then equals the Keras model exactly.
 
 Beside the model: ``models.config`` (ModelServerConfig text proto, base_path
@@ -26,10 +27,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from export import publish
-from export.graphs import ServingModels, probabilities_and_embedding
+from keras_mgc import io as kio
+from keras_mgc.contract import MEL_INPUT, MEL_SIGNATURE, SIGNATURE, WAVEFORM_INPUT
+from keras_mgc.export.graphs import ServingModels, probabilities_and_embedding
 
-SIGNATURES = {"serving_default": "waveform", "classify_mel": "mel"}
+__all__ = ["BATCHING", "write_saved_model", "models_config", "batching_parameters", "SERVING_IMAGE", "docker_command",
+           "write_server_files", "signature_summary"]
 
 #: Server-side batching: up to 32 clips per batch, wait at most 5 ms to fill one.
 BATCHING = {
@@ -63,14 +66,14 @@ def write_saved_model(models: ServingModels, class_names: list[str], version_dir
     archive.track(wave)
     archive.track(mel)
     archive.add_endpoint(
-        "serving_default", lambda waveform: _outputs(wave, waveform, names, k),
-        input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")],
+        SIGNATURE, lambda waveform: _outputs(wave, waveform, names, k),
+        input_signature=[tf.TensorSpec([None, None], tf.float32, name=WAVEFORM_INPUT)],
     )
     archive.add_endpoint(
-        "classify_mel", lambda mel_: _outputs(mel, mel_, names, k),
-        input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32, name="mel")],
+        MEL_SIGNATURE, lambda mel_: _outputs(mel, mel_, names, k),
+        input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32, name=MEL_INPUT)],
     )
-    with publish.atomic_directory(version_dir) as tmp:
+    with kio.atomic_directory(version_dir) as tmp:
         shutil.rmtree(tmp)  # ExportArchive creates the folder itself
         archive.write_out(str(tmp), verbose=False)
     return version_dir
@@ -103,7 +106,7 @@ def batching_parameters(params: dict[str, int] | None = None) -> str:
     lines = [
         "# TensorFlow Serving batching (--enable_batching --batching_parameters_file=...).",
         "# Requests are merged only when their tensors agree beyond the batch dimension: send",
-        "# fixed-length windows (e.g. 16 crops of 44356 samples) to benefit. pad_variable_length_inputs",
+        "# fixed-length windows (e.g. the 16 TTA crops of one training crop each) to benefit. pad_variable_length_inputs",
         "# stays false: padding would change the mel mean and the attention pooling.",
     ]
     lines += [f"{key} {{ value: {value} }}" for key, value in params.items()]
@@ -139,14 +142,14 @@ def write_server_files(root: Path, model_name: str, version: int) -> dict[str, P
         "batching_parameters": root / "batching_parameters.txt",
         "docker_run": root / "docker_run.sh",
     }
-    publish.write_text(files["models_config"], models_config(model_name, version))
-    publish.write_text(files["batching_parameters"], batching_parameters())
+    kio.write_text(files["models_config"], models_config(model_name, version))
+    kio.write_text(files["batching_parameters"], batching_parameters())
     script = (
         "#!/bin/sh\n# Serve this export with TensorFlow Serving (REST :8501, gRPC :8500).\n"
         'cd "$(dirname "$0")"\n'
         + docker_command('"$PWD"') + "\n"
     )
-    publish.write_text(files["docker_run"], script)
+    kio.write_text(files["docker_run"], script)
     files["docker_run"].chmod(0o755)
     return files
 

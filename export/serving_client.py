@@ -21,7 +21,7 @@ summed probabilities give the paper's test-time-augmentation decision.
 
 Example::
 
-    batch = tta_crops(load_audio("song.mp3"), crop=44356)
+    batch = tta_crops(load_audio("song.mp3"))  # keras_mgc.windows.tta_crops, [16, 44356]
     out = rest_predict("http://localhost:8501", "gtzan_cv", {"waveform": batch})
     genre = class_names[out["probabilities"].sum(0).argmax()]
 """
@@ -35,20 +35,16 @@ from typing import Any
 
 import numpy as np
 
-SIGNATURE_INPUTS = {"serving_default": "waveform", "classify_mel": "mel"}
+from keras_mgc.contract import SIGNATURE, SIGNATURES, WAVEFORM_INPUT
+from keras_mgc.windows import tta_crops  # re-exported: the client's 16-crop batch (wrap-pads short clips)
+
+__all__ = ["tta_crops", "ServingError", "predict_url", "rest_request", "parse_rest_response", "rest_predict", "grpc_request",
+           "parse_grpc_response", "grpc_predict"]
+
 
 
 class ServingError(RuntimeError):
     """The server answered with an error (HTTP status / gRPC code and its message)."""
-
-
-def tta_crops(audio: np.ndarray, crop: int = 44356, n: int = 16) -> np.ndarray:
-    """`n` crops at evenly spaced starts linspace(0, len - crop, n): a fixed-shape (n, crop) batch."""
-    audio = np.asarray(audio, np.float32).reshape(-1)
-    if len(audio) < crop:
-        raise ValueError(f"clip has {len(audio)} samples, fewer than one crop ({crop})")
-    starts = np.linspace(0, len(audio) - crop, n).astype(int)
-    return np.stack([audio[s : s + crop] for s in starts])
 
 
 # --------------------------------------------------------------------------- REST
@@ -64,10 +60,10 @@ def predict_url(base: str, model_name: str, version: int | None = None) -> str:
 def _as_inputs(inputs: dict[str, np.ndarray] | np.ndarray, signature_name: str) -> dict[str, np.ndarray]:
     if isinstance(inputs, dict):
         return {k: np.asarray(v, np.float32) for k, v in inputs.items()}
-    return {SIGNATURE_INPUTS.get(signature_name, "waveform"): np.asarray(inputs, np.float32)}
+    return {SIGNATURES.get(signature_name, WAVEFORM_INPUT): np.asarray(inputs, np.float32)}
 
 
-def rest_request(inputs: dict[str, np.ndarray] | np.ndarray, signature_name: str = "serving_default",
+def rest_request(inputs: dict[str, np.ndarray] | np.ndarray, signature_name: str = SIGNATURE,
                  row_format: bool = True) -> dict[str, Any]:
     """The JSON body of a predict request. Row format: one object per example ("instances")."""
     tensors = _as_inputs(inputs, signature_name)
@@ -106,7 +102,7 @@ def parse_rest_response(body: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def rest_predict(base: str, model_name: str, inputs: dict[str, np.ndarray] | np.ndarray,
-                 signature_name: str = "serving_default", version: int | None = None, row_format: bool = True,
+                 signature_name: str = SIGNATURE, version: int | None = None, row_format: bool = True,
                  timeout: float = 60.0) -> dict[str, np.ndarray]:
     """POST a predict request to TF Serving's REST API and return the named outputs."""
     body = json.dumps(rest_request(inputs, signature_name, row_format)).encode("utf-8")
@@ -129,7 +125,7 @@ def rest_predict(base: str, model_name: str, inputs: dict[str, np.ndarray] | np.
 
 
 def grpc_request(inputs: dict[str, np.ndarray] | np.ndarray, model_name: str,
-                 signature_name: str = "serving_default", version: int | None = None,
+                 signature_name: str = SIGNATURE, version: int | None = None,
                  output_filter: list[str] | None = None) -> Any:
     """A tensorflow.serving.PredictRequest with float32 TensorProtos."""
     import tensorflow as tf
@@ -161,7 +157,7 @@ def parse_grpc_response(response: Any) -> dict[str, np.ndarray]:
 
 
 def grpc_predict(target: str, model_name: str, inputs: dict[str, np.ndarray] | np.ndarray,
-                 signature_name: str = "serving_default", version: int | None = None, timeout: float = 60.0,
+                 signature_name: str = SIGNATURE, version: int | None = None, timeout: float = 60.0,
                  output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
     """Call PredictionService/Predict on `target` ("host:8500") and return the named outputs."""
     import grpc

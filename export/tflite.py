@@ -1,9 +1,10 @@
 """TFLite artifacts: float32, float16, dynamic-range int8 and full int8, builtin ops only.
 
-Contract (the on-device tagger `keras_mgc.tag` relies on it): signature ``serving_default``
-with input ``waveform`` float32 [batch, samples] (both dimensions resizable) and outputs
-``probabilities`` [batch, n_classes] and ``embedding`` [batch, D]; signature ``mel`` with input
-``mel`` [batch, frames, 48] and the same outputs. No Flex (Select TF) ops: the converter runs
+Contract (`keras_mgc.contract`; the on-device tagger `keras_mgc.tag` relies on it): signature
+``serving_default`` with input ``waveform`` float32 [batch, samples] (both dimensions resizable
+as exported here) and outputs ``probabilities`` [batch, n_classes] and ``embedding`` [batch, D];
+signature ``classify_mel`` (``mel`` before issue 10) with input ``mel`` [batch, frames, 48] and
+the same outputs. No Flex (Select TF) ops: the converter runs
 with TFLITE_BUILTINS only and `op_counts` checks the result.
 
 Precisions (what is kept in float, and why, in BUILD_NOTES.md "Export"):
@@ -33,8 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from export import ExportError
-from export.graphs import ServingModels, probabilities_and_embedding
+from keras_mgc.contract import (MEL_INPUT, MEL_SIGNATURE, SIGNATURE, SIGNATURES, WAVEFORM_INPUT, ContractError,
+                                check_signatures)
+from keras_mgc.export import ExportError
+from keras_mgc.export.graphs import ServingModels, probabilities_and_embedding
+
+__all__ = ["PRECISIONS", "TABLE_MODE", "INT8_FLOAT_SCOPES", "op_counts", "non_builtin_ops", "tensor_names",
+           "tensor_types", "output_tensor_names", "float_denylist", "TFLiteConverter", "selective_int8",
+           "check_contract"]
 
 PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
 
@@ -44,8 +51,6 @@ TABLE_MODE = {"float32": "constant", "float16": "runtime_split16", "dynamic_int8
 #: Layers (Keras name scopes) that full int8 keeps in float.
 INT8_FLOAT_SCOPES = ("frontend", "pooling", "head")
 
-SIGNATURES = {"serving_default": "waveform", "mel": "mel"}
-OUTPUTS = ("embedding", "probabilities")
 
 
 def _schema() -> Any:
@@ -121,11 +126,11 @@ def _write_temp_saved_model(models: ServingModels, table_mode: str, directory: P
     archive = keras.export.ExportArchive()
     archive.track(wave)
     archive.track(mel)
-    archive.add_endpoint("serving_default", lambda waveform: probabilities_and_embedding(wave(waveform, training=False)),
-                         input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
-    archive.add_endpoint("mel", lambda mel_: probabilities_and_embedding(mel(mel_, training=False)),
+    archive.add_endpoint(SIGNATURE, lambda waveform: probabilities_and_embedding(wave(waveform, training=False)),
+                         input_signature=[tf.TensorSpec([None, None], tf.float32, name=WAVEFORM_INPUT)])
+    archive.add_endpoint(MEL_SIGNATURE, lambda mel_: probabilities_and_embedding(mel(mel_, training=False)),
                          input_signature=[tf.TensorSpec([None, None, models.cfg.frontend.n_mels], tf.float32,
-                                                        name="mel")])
+                                                        name=MEL_INPUT)])
     archive.write_out(str(directory), verbose=False)
     return directory
 
@@ -186,44 +191,22 @@ def selective_int8(calibrated: bytes, scopes: Iterable[str] = INT8_FLOAT_SCOPES)
 
 
 def check_contract(flatbuffer: bytes, num_classes: int, embedding_size: int, n_mels: int) -> dict[str, Any]:
-    """Load in LiteRT and check the signatures, names, dtypes and builtin-only ops; returns details."""
+    """Load in LiteRT and check builtin-only ops and the contract (`keras_mgc.contract.check_signatures`).
+
+    Returns the signatures' tensor details, the fixed dimensions found (None where resizable)
+    and the op counts.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     custom = non_builtin_ops(flatbuffer)
     if custom:
         raise ExportError(f"TFLite model needs non-builtin ops {custom} (Flex delegate); builtins only are allowed")
-    interpreter = Interpreter(model_content=flatbuffer)
-    signatures = interpreter.get_signature_list()
-    expected = {"serving_default": ["waveform"], "mel": ["mel"]}
-    for key, inputs in expected.items():
-        if key not in signatures:
-            raise ExportError(f"TFLite model lacks signature '{key}' (has {sorted(signatures)})")
-        if signatures[key]["inputs"] != inputs or sorted(signatures[key]["outputs"]) != sorted(OUTPUTS):
-            raise ExportError(f"TFLite signature '{key}' is {signatures[key]}, expected inputs {inputs} "
-                              f"and outputs {sorted(OUTPUTS)}")
-    details: dict[str, Any] = {}
-    for key in expected:
-        runner = interpreter.get_signature_runner(key)
-        ins, outs = runner.get_input_details(), runner.get_output_details()
-        details[key] = {
-            "inputs": {k: {"dtype": np.dtype(v["dtype"]).name, "shape_signature": v["shape_signature"].tolist()}
-                       for k, v in ins.items()},
-            "outputs": {k: {"dtype": np.dtype(v["dtype"]).name, "shape_signature": v["shape_signature"].tolist()}
-                        for k, v in outs.items()},
-        }
-        for name, spec in {**details[key]["inputs"], **details[key]["outputs"]}.items():
-            if spec["dtype"] != "float32":
-                raise ExportError(f"TFLite signature '{key}' tensor '{name}' is {spec['dtype']}, expected float32")
-    want = {"serving_default": {"waveform": [-1, -1]}, "mel": {"mel": [-1, -1, n_mels]}}
-    for key, spec in want.items():
-        for name, shape in spec.items():
-            got = details[key]["inputs"][name]["shape_signature"]
-            if got != shape:
-                raise ExportError(f"TFLite input '{key}/{name}' has shape signature {got}, expected {shape} "
-                                  "(batch and length must be resizable)")
-        for name, size in (("probabilities", num_classes), ("embedding", embedding_size)):
-            got = details[key]["outputs"][name]["shape_signature"]
-            if got[-1] != size:
-                raise ExportError(f"TFLite output '{key}/{name}' has shape {got}, expected [-1, {size}]")
+    try:
+        report = check_signatures(Interpreter(model_content=flatbuffer), num_classes, embedding_size=embedding_size,
+                                  n_mels=n_mels, require_mel=True, labels_source="the run")
+    except ContractError as exc:
+        raise ExportError(f"TFLite model: {exc}") from exc
+    details: dict[str, Any] = dict(report.details)
+    details["fixed"] = {"batch": report.fixed_batch, "samples": report.fixed_samples}
     details["ops"] = dict(sorted(op_counts(flatbuffer).items()))
     return details

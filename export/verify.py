@@ -14,7 +14,7 @@ Thresholds (BUILD_NOTES.md "Export" has the measurements behind them):
 
 Latency: median wall time of one 30 s clip (661,500 samples) after a warm-up run, with one
 thread and with all threads. TensorFlow fixes its thread pools when it starts, so the
-SavedModel's one-thread figure comes from a child process (`export.latency_worker`).
+SavedModel's one-thread figure comes from a child process (`keras_mgc.export.latency_worker`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from export.clips import ClipSet, crops
+from keras_mgc.contract import ENTRY_SIGNATURES, MEL_INPUT, mel_signature_name
+from keras_mgc.export.clips import ClipSet, crops
+from keras_mgc.timing import timings
+
+__all__ = ["MIN_AGREEMENT", "MAX_ABS_DIFF", "LATENCY_SECONDS", "CROP_BATCH", "EvalInputs", "Runner", "KerasRunner",
+           "SavedModelRunner", "latency_in_child", "TFLiteRunner", "ONNXRunner", "run_all", "compare",
+           "thresholds_for", "check", "latency_clip", "measure_latency"]
 
 #: Minimum top-1 agreement with the Keras reference, per precision.
 MIN_AGREEMENT = {"float32": 1.0, "float16": 0.99, "dynamic_int8": 0.95, "int8": 0.90}
@@ -95,23 +100,6 @@ class Runner:
         raise NotImplementedError
 
 
-def timings(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median, p10, p90 and min of `repeats` timed calls of `fn` after `warmup` untimed ones, in seconds.
-
-    The one timing loop of the project: export latency, its SavedModel child and the benchmark.
-    """
-    for _ in range(warmup):  # allocation, tracing, XNNPACK weight packing
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    t = np.asarray(times)
-    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
-            "min": float(t.min()), "n": int(t.size)}
-
-
 class KerasRunner(Runner):
     def __init__(self, waveform_model: Any, mel_model: Any) -> None:
         self.models = {"waveform": waveform_model, "mel": mel_model}
@@ -137,7 +125,7 @@ def _tf_threads() -> int:
 
 
 class SavedModelRunner(Runner):
-    SIGNATURES = {"waveform": ("serving_default", "waveform"), "mel": ("classify_mel", "mel")}
+    SIGNATURES = {entry: (ENTRY_SIGNATURES[entry], entry) for entry in ENTRY_SIGNATURES}
 
     def __init__(self, version_dir: Path) -> None:
         import tensorflow as tf
@@ -167,7 +155,7 @@ def latency_in_child(version_dir: Path, x: np.ndarray, threads: int, runs: int, 
     with tempfile.TemporaryDirectory(prefix="keras-mgc-latency-") as tmp:
         clip = Path(tmp) / "clip.npy"
         np.save(clip, x)
-        cmd = [sys.executable, "-m", "export.latency_worker", "--saved-model", str(version_dir),
+        cmd = [sys.executable, "-m", "keras_mgc.export.latency_worker", "--saved-model", str(version_dir),
                "--input", str(clip), "--threads", str(threads), "--runs", str(runs)]
         # The child imports this very `export` package, wherever the parent found it.
         package_root = str(Path(__file__).resolve().parents[1])
@@ -180,7 +168,6 @@ def latency_in_child(version_dir: Path, x: np.ndarray, threads: int, runs: int, 
 
 
 class TFLiteRunner(Runner):
-    SIGNATURES = {"waveform": ("serving_default", "waveform"), "mel": ("mel", "mel")}
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         self.path = Path(path)
@@ -193,8 +180,11 @@ class TFLiteRunner(Runner):
 
         if threads not in self._interpreters:
             self._interpreters[threads] = Interpreter(model_path=str(self.path), num_threads=threads)
-        signature, name = self.SIGNATURES[entry]
-        return self._interpreters[threads].get_signature_runner(signature), name
+        interpreter = self._interpreters[threads]
+        signature = ENTRY_SIGNATURES[entry]
+        if entry == MEL_INPUT:  # files exported before issue 10 name it "mel"
+            signature = mel_signature_name(interpreter.get_signature_list()) or signature
+        return interpreter.get_signature_runner(signature), entry
 
     def run_threads(self, entry: str, x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
         runner, name = self._runner(entry, threads)

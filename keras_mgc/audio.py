@@ -37,8 +37,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-#: The model's sample rate (DESIGN.md section 1).
-SAMPLE_RATE = 22050
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
+
+__all__ = ["AUDIO_EXTENSIONS", "RESAMPLE_QUALITY", "MAX_ABS_SAMPLE", "AudioError", "TruncatedAudioWarning", "AudioInfo",
+           "is_audio_file", "find_audio_files", "audio_info", "load_audio", "stream_audio", "check_audio"]
 
 #: File extensions treated as audio (lower case, with the dot): what libsndfile reads.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -53,7 +55,7 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     }
 )
 
-#: soxr quality used everywhere (DESIGN.md: high quality resampling).
+#: soxr quality used everywhere (the method asks for high-quality resampling).
 RESAMPLE_QUALITY = "HQ"
 
 #: Largest sample magnitude accepted. Float files may exceed +-1 (unnormalised exports,
@@ -112,6 +114,30 @@ class AudioInfo:
 def is_audio_file(path: str | os.PathLike[str]) -> bool:
     """True when the name has an audio extension (case-insensitive); says nothing of content."""
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def find_audio_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Audio files below `folder`: the one discovery rule of the project.
+
+    Used by dataset indexing (`keras_mgc.data.datasets`), the tagger's directory arguments
+    (`keras_mgc.tag`) and the exporter's evaluation clips (`keras_mgc.export.clips`). Rules:
+    by extension (`is_audio_file`; contents are not opened); hidden files and folders
+    (".name", e.g. macOS "._x.wav" resource forks) are ignored; symlinked folders are
+    followed, each real folder once (no loops); order is deterministic: each folder's files
+    sorted by name, then its subfolders in sorted order (`os.walk`, top-down).
+    """
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath, name) for name in sorted(filenames)
+                  if not name.startswith(".") and is_audio_file(name) and os.path.isfile(os.path.join(dirpath, name))]
+    return found
 
 
 def _libsndfile_message(exc: Exception) -> str:
@@ -258,7 +284,7 @@ def _check_rate(sample_rate: int) -> None:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
 
 
-def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE, *, strict: bool = False,
+def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_RATE, *, strict: bool = False,
                on_truncated: Callable[[str], None] | None = None) -> np.ndarray:
     """Decode a whole file to a 1-D float32 mono array at `sample_rate` (soxr HQ if needed).
 
@@ -278,7 +304,7 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE, *, 
 
 def stream_audio(
     path: str | os.PathLike[str],
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
     *,
     block_seconds: float = 10.0,
     strict: bool = False,

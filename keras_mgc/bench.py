@@ -38,23 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from export.verify import timings
+from keras_mgc import presets
+from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE
+from keras_mgc.timing import timings
 
-SAMPLE_RATE = 22050
-CLIP_SAMPLES = 30 * SAMPLE_RATE
-CROP = 44356
+CLIP_SAMPLES = 30 * DEFAULT_SAMPLE_RATE
+CROP = DEFAULT_CROP_SAMPLES
 TTA_CROPS = 16
 
-#: Benchmarked model configurations: the paper's #8 and #15 and the quickstart's CPU-sized model.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "8": {"channels": 1024},
-    "15": {"channels": 1024, "ccs": {"stop": 512}, "fsa": {"enabled": True}},
-    "small": {"channels": 64, "ccs": {"stop": 32}, "fsa": {"enabled": True}, "res2_scale": 4, "se_channels": 16,
-              "attention_channels": 32},
-    # For --quick only: a graph small enough that tracing it takes seconds, not a minute.
-    "tiny": {"channels": 32, "ccs": {"stop": 16}, "res2_scale": 2, "se_channels": 8, "attention_channels": 16},
-}
-#: The authors' PyTorch models on the reference CPU (DESIGN.md section 2): seconds per 30 s clip,
+#: Benchmarked configurations (`--configs` names -> keras_mgc.presets): the paper's #8 and #15
+#: and the quickstart's CPU-sized model; "tiny" for --quick only (tracing it takes seconds).
+CONFIGS: dict[str, str] = {"8": "paper_08_ecapa", "15": "paper_15_ccs_fsa_s512_c1024", "small": "quickstart",
+                           "tiny": "tiny"}
+#: The authors' PyTorch models on the reference CPU (BUILD_NOTES.md, "Design facts"): seconds per 30 s clip,
 #: seconds for 16-crop TTA, training crops per second (batch 64).
 REFERENCE = {"8": {"clip_s": 0.55, "tta_s": 0.65, "train_crops_s": 6.5},
              "15": {"clip_s": 1.05, "tta_s": 1.21, "train_crops_s": 4.9}}
@@ -78,22 +74,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def machine_info() -> dict[str, Any]:
-    from keras_mgc.evaluation import environment
+    from keras_mgc.environment import cpu_flags, environment
 
     info = environment()
-    flags = _cpu_flags()
+    flags = cpu_flags()
     info["cpu_features"] = sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags)
     for module in ("ai_edge_litert", "onnxruntime", "tf2onnx"):
         try:
@@ -111,11 +96,10 @@ def _threads(n: str | int) -> int:
 def _model(name: str, seed: int = 0):
     import keras
 
-    from keras_mgc.config import ECAPAConfig
     from keras_mgc.models import build_model
 
     keras.utils.set_random_seed(seed)
-    return build_model(ECAPAConfig(**CONFIGS[name]), num_classes=10)
+    return build_model(presets.model_config(CONFIGS[name]), num_classes=10)
 
 
 def _audio(samples: int, batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -225,15 +209,14 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
     The export's own accuracy thresholds are switched off here: they mean something only for
     a trained model (see the export report of a trained run for agreement numbers).
     """
-    from export.run import ExportOptions, run_export
-    from export.source import ExportSource
-    from keras_mgc.config import ECAPAConfig
+    from keras_mgc.export.run import ExportOptions, run_export
+    from keras_mgc.export.trained_model import ExportSource
 
     work = Path(job["work_dir"]) / job["config"]
     checkpoint = work / "model.keras"
     work.mkdir(parents=True, exist_ok=True)
     _model(job["config"]).save(checkpoint)
-    source = ExportSource(checkpoint=checkpoint, model_config=ECAPAConfig(**CONFIGS[job["config"]]),
+    source = ExportSource(checkpoint=checkpoint, model_config=presets.model_config(CONFIGS[job["config"]]),
                           class_names=[f"class_{i}" for i in range(10)],
                           recipe={"name": f"bench_{job['config']}", "data": {"crop_samples": CROP}}, recipe_path=None)
     audio = [job["data_dir"]] if job.get("data_dir") else None
@@ -250,7 +233,7 @@ def work_artifacts(job: dict[str, Any]) -> dict[str, Any]:
 
 def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
     """Latency of one exported artifact in its own runtime (export's runners), 30 s clip and TTA."""
-    from export import verify
+    from keras_mgc.export import verify
 
     runtime, threads = job["runtime"], _threads(job["threads"])
     path = job["artifacts"].get(runtime)
@@ -347,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   for t, r in results["peak"].items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="kmgc-bench-") as work:
         for name in configs:
-            entry: dict[str, Any] = results["configs"].setdefault(name, {"model": CONFIGS[name]})
+            entry: dict[str, Any] = results["configs"].setdefault(name, {"preset": CONFIGS[name], "model": presets.get(CONFIGS[name]).model})
             if "flops" in sections:
                 entry["flops"] = run_worker({"kind": "flops", "config": name})
             if "inference" in sections:
@@ -451,7 +434,7 @@ def report(results: dict[str, Any]) -> str:
                          f"| {name} | - | - | {precision} | {_fmt(cps, 2)} | - | {_fmt(res.get('peak_rss_mb'), 0)} |")
     lines += ["", "GFLOP/s counts float FLOPs of the graph over the time taken; int8 rows run on VNNI integer "
               "units, so their share of the float32 peak can exceed 100%. The authors' PyTorch figures "
-              "(DESIGN.md) were taken on 2 threads of the same CPU: 0.55 s / 6.5 crops/s (#8), 1.05 s / "
+              "(BUILD_NOTES.md) were taken on 2 threads of the same CPU: 0.55 s / 6.5 crops/s (#8), 1.05 s / "
               "4.9 crops/s (#15)."]
     pipe = results.get("pipeline")
     if pipe and "memory" in pipe:

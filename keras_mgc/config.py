@@ -24,6 +24,13 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
+from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, HOP_LENGTH
+
+__all__ = ["PositiveInt", "NonNegativeInt", "PositiveFloat", "PAPER_BANDS", "RecipeError", "FrontendConfig", "CCSConfig",
+           "FSAConfig", "ModelConfigBase", "ECAPAConfig", "ModelConfig", "MODEL_CONFIGS", "DataConfig",
+           "OptimizerConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "Recipe", "apply_overrides",
+           "parse_recipe", "merge_sections", "read_recipe_document", "load_recipe", "recipe_to_dict"]
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -44,12 +51,12 @@ class _Section(BaseModel):
 
 
 class FrontendConfig(_Section):
-    """Log-mel front end (DESIGN.md section 1: torchaudio MelSpectrogram defaults)."""
+    """Log-mel front end (torchaudio MelSpectrogram defaults, as the authors use it)."""
 
-    sample_rate: PositiveInt = 22050
+    sample_rate: PositiveInt = DEFAULT_SAMPLE_RATE
     n_fft: PositiveInt = 2048
     win_length: PositiveInt = 512
-    hop_length: PositiveInt = 256
+    hop_length: PositiveInt = HOP_LENGTH
     n_mels: PositiveInt = 48
     f_min: Annotated[float, Field(ge=0)] = 0.0
     f_max: float | None = None  # None: sample_rate / 2
@@ -95,12 +102,31 @@ class FSAConfig(_Section):
 
 
 class ModelConfigBase(_Section):
-    """Keys every backbone shares: input kind, front end, head."""
+    """Keys every backbone shares: preset, input kind, front end, head.
+
+    `preset` names a configuration in `keras_mgc.presets`; the keys written beside it
+    override the preset's (the merged result is what gets validated and recorded).
+    """
 
     #: The head: BN -> Linear -> BN (the authors' ECAPA) or one Linear layer (their baselines).
     head_batchnorm: ClassVar[bool] = True
 
+    preset: str | None = None
     input: Literal["waveform", "mel"] = "waveform"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            from keras_mgc import presets
+
+            if not isinstance(data["preset"], str):
+                raise ValueError(f"preset: expected a preset name, got {data['preset']!r}")
+            try:
+                return presets.resolve(data)
+            except presets.PresetError as exc:
+                raise ValueError(f"preset: {exc}") from None
+        return data
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     sync_batchnorm: bool = False
 
@@ -121,7 +147,7 @@ class ModelConfigBase(_Section):
 
 
 class ECAPAConfig(ModelConfigBase):
-    """ECAPA-TDNN, optionally with CCS and FSA (DESIGN.md section 1)."""
+    """ECAPA-TDNN, optionally with CCS and FSA (channel counts: BUILD_NOTES.md, "Model")."""
 
     backbone: Literal["ecapa_tdnn"] = "ecapa_tdnn"
     channels: PositiveInt | list[PositiveInt] = 1024
@@ -295,7 +321,7 @@ class DataConfig(_Section):
     max_skip_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None
-    crop_samples: PositiveInt = 44356
+    crop_samples: PositiveInt = DEFAULT_CROP_SAMPLES
     data_cycle: PositiveInt = 8
     synthetic_clips_per_class: PositiveInt = 12  # for dataset: synthetic
     synthetic_seconds: PositiveFloat = 6.0
@@ -497,11 +523,11 @@ def parse_recipe(document: Any, source: str = "<recipe>", overrides: list[str] |
         raise RecipeError(_format_errors(exc, source)) from None
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `update` laid over it, sections merged key by key."""
+def merge_sections(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it, sections merged key by key (recipe `extends`, presets)."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -528,7 +554,7 @@ def read_recipe_document(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) 
     if not isinstance(parent, str):
         raise RecipeError(f"invalid recipe {path}: extends: expected a file name, got {parent!r}")
     base = read_recipe_document(path.parent / parent, _seen + (path.resolve(),))
-    return _merge(base, document)
+    return merge_sections(base, document)
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from keras_mgc.config import RecipeError, load_recipe, recipe_to_dict
+from keras_mgc.config import RecipeError, load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,12 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from keras_mgc.data.datasets import DatasetError
-    from keras_mgc.data.sources import prepare_data
+    from keras_mgc.data.prepare import prepare_data
     from keras_mgc.data.splits import SplitError
-    from keras_mgc.evaluation import Predictor, evaluate_fold, write_results
+    from keras_mgc.scoring import summarise_run, evaluate_checkpoint
     from keras_mgc.io import read_json, write_json
-    from keras_mgc.models import load_float32
-    from keras_mgc.training import crop_length
 
     keras.mixed_precision.set_global_policy("float32")
     try:
@@ -73,16 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         record = read_json(record_path)
         if wanted is None or fold.number in wanted:
             try:
-                model = load_float32(str(fold_dir / "best.keras"), recipe.model, len(data.class_names))
+                record["test"] = evaluate_checkpoint(recipe, data, fold, fold_dir)
             except (OSError, ValueError) as exc:
                 print(f"error: {fold.name}: cannot load {fold_dir / 'best.keras'}: {exc}", file=sys.stderr)
                 status = 1
                 records.append(record)
                 continue
-            store = data.store.subset(data.positions(fold.test))
-            record["test"] = evaluate_fold(Predictor(model), store, data.labels(fold.test), data.class_names,
-                                           recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops,
-                                           fold_dir, f"{recipe.name} {fold.name}")
             write_json(record_path, record)
             print(f"{fold.name}: " + ", ".join(f"{m} {100 * record['test'][m]['accuracy']:.1f}%"
                                               for m in record["test"]), flush=True)
@@ -90,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print(f"error: {run_dir}: no fold has a finished checkpoint", file=sys.stderr)
         return 2
-    results = write_results(run_dir, recipe_to_dict(recipe), data.report(), records, recipe.eval.headline,
-                            {"re_evaluated": True})
-    head = results["summary"][recipe.eval.headline]["accuracy"]
-    print(f"{recipe.name}: {recipe.eval.headline} accuracy {100 * head['mean']:.1f} +- {100 * head['std']:.1f} % "
-          f"over {head['n']} fold(s)", flush=True)
+    summarise_run(run_dir, recipe, data, records, {"re_evaluated": True})
     return status
 
 

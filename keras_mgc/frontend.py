@@ -1,7 +1,7 @@
 """The log-mel front end, as a Keras layer that exports everywhere.
 
 It computes what the authors' torchaudio `MelSpectrogram` + `log(x + 1e-6)` + per-bin mean
-subtraction computes (DESIGN.md section 1), but the DFT is two real matrix products instead
+subtraction computes (BUILD_NOTES.md, "Design facts"), but the DFT is two real matrix products instead
 of `tf.signal.rfft`: tf2onnx cannot convert rfft followed by anything but ComplexAbs, while
 reshape, matmul, square and log convert to TFLite builtins and to ONNX alike.
 
@@ -41,6 +41,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
+
+__all__ = ["TABLE_MODES", "hz_to_mel_htk", "mel_to_hz_htk", "mel_filterbank", "dft_tables", "subtract_time_mean",
+           "LogMelSpectrogram", "TimeMeanNormalization"]
+
 
 #: How LogMelSpectrogram holds its DFT and mel tables (see the module docstring).
 TABLE_MODES = ("constant", "runtime", "runtime_split16")
@@ -57,7 +62,7 @@ def mel_to_hz_htk(mel: np.ndarray | float) -> np.ndarray:
 
 
 def mel_filterbank(
-    sample_rate: int = 22050, n_fft: int = 2048, n_mels: int = 48, f_min: float = 0.0, f_max: float | None = None
+    sample_rate: int = DEFAULT_SAMPLE_RATE, n_fft: int = 2048, n_mels: int = 48, f_min: float = 0.0, f_max: float | None = None
 ) -> np.ndarray:
     """Triangular HTK mel filters, shape (n_fft // 2 + 1, n_mels), float64, no area normalisation.
 
@@ -100,7 +105,7 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     def __init__(
         self,
-        sample_rate: int = 22050,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
         n_fft: int = 2048,
         win_length: int = 512,
         hop_length: int = 256,

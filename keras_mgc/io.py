@@ -4,7 +4,9 @@ Everything is written under a temporary name in the destination's folder (same f
 system) and renamed into place with `os.replace`, which is atomic on POSIX. A crash leaves
 at most a `.tmp-*` file behind, never a truncated file under the real name.
 
-This module does not import TensorFlow.
+The one home of atomic writes and JSON cleaning: training, evaluation, data caches and the
+exporter (`keras_mgc.export.publish` builds its staging folder on these) all use it. This
+module does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+__all__ = ["atomic_path", "atomic_directory", "replace_directory", "write_bytes", "write_text", "write_json",
+           "read_json", "to_jsonable"]
 
 
 @contextlib.contextmanager
@@ -46,25 +51,38 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success replace `path` with it.
+    """Yield a temporary folder beside `path`; when the block succeeds it replaces `path`.
 
-    An existing `path` is moved aside and deleted only after the new folder is in place.
+    For writers that build a directory (a SavedModel). On error the temporary folder is
+    removed and `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old = None
     try:
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        replace_directory(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_directory(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename `src` to `dst`; an existing `dst` is moved aside first and deleted after."""
+    src, dst = Path(src), Path(dst)
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent)) / dst.name
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -75,26 +93,32 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically (NaN written as null)."""
-    write_text(path, json.dumps(_clean(data), indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document in `path` (UTF-8)."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None."""
+def to_jsonable(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None, paths to str.
+
+    >>> import numpy as np
+    >>> to_jsonable({"a": np.float32(0.5), "b": [float("nan")], "c": Path("x")})
+    {'a': 0.5, 'b': [None], 'c': 'x'}
+    """
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if hasattr(value, "tolist"):  # numpy scalar or array
-        return _clean(value.tolist())
+        return to_jsonable(value.tolist())
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 

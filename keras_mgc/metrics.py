@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["confusion_matrix", "classification_metrics", "mean_std", "summarize_folds", "plot_confusion"]
+
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     """Counts (n_classes, n_classes): row = true class, column = predicted class."""

@@ -5,7 +5,8 @@
 
 Runs with only NumPy, soundfile, soxr and ai-edge-litert installed: this module never
 imports TensorFlow or Keras (tests/test_tag.py checks ``sys.modules`` after tagging).
-A SONG may be a directory: the audio files under it (by extension) are tagged in order.
+A SONG may be a directory: the audio files under it (`keras_mgc.audio.find_audio_files`: by
+extension, hidden files skipped, symlinks followed) are tagged in that order.
 
 The model (the exporter's contract)
     A ``.tflite`` file with a signature "serving_default": input "waveform" float32
@@ -13,7 +14,8 @@ The model (the exporter's contract)
     "probabilities" [batch, n_classes] (softmax applied) and, optionally, "embedding"
     [batch, D]. Beside it ``<stem>.json`` holds "class_names" (label order), "sample_rate"
     and "crop_samples" (the training crop); ``labels.txt`` (one class per line) is the
-    fallback for the class names, with the paper's 22,050 Hz and 44,356-sample crop; a
+    fallback for the class names, with the paper's 22,050 Hz and 44,356-sample crop
+    (`keras_mgc.contract` defines these names and defaults, and the check); a
     ``--labels FILE`` overrides both. On loading, one window of quiet noise is run to check
     that the model gives finite probabilities that sum to 1 (a model converted with its
     weights left as uninitialised variables returns NaN without any error). A model whose
@@ -52,11 +54,12 @@ Exit codes: 0 every file tagged; 1 some file could not be tagged (one message pe
 on stderr naming it and why; the other files are still tagged and printed); 2 usage
 error (bad arguments, missing or unusable model, missing metadata).
 
-Python API:
-    >>> tagger = Tagger("model_float32.tflite")
-    >>> result = tagger.tag("song.mp3", top_k=3)
-    >>> result.top                        # [("rock", 0.61), ("metal", 0.20), ("blues", 0.08)]
-    >>> result.window_probabilities.shape  # (windows, n_classes)
+Python API (with an exported model and a song at hand)::
+
+    tagger = Tagger("model_float32.tflite")
+    result = tagger.tag("song.mp3", top_k=3)
+    result.top                        # [("rock", 0.61), ("metal", 0.20), ("blues", 0.08)]
+    result.window_probabilities.shape  # (windows, n_classes)
 """
 
 from __future__ import annotations
@@ -77,15 +80,14 @@ from typing import Any
 
 import numpy as np
 
-from keras_mgc.audio import AUDIO_EXTENSIONS, AudioError, TruncatedAudioWarning, stream_audio
+from keras_mgc.audio import AUDIO_EXTENSIONS, AudioError, TruncatedAudioWarning, find_audio_files, stream_audio
+from keras_mgc.contract import (DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, EMBEDDING, PROBABILITIES, SIGNATURE,
+                                WAVEFORM_INPUT, ContractError, check_signatures)
+from keras_mgc.windows import Windower
 
-SIGNATURE = "serving_default"
-INPUT = "waveform"
-PROBABILITIES = "probabilities"
-EMBEDDING = "embedding"
-#: Defaults when only labels.txt is beside the model (the paper's front end and crop).
-DEFAULT_SAMPLE_RATE = 22050
-DEFAULT_CROP_SAMPLES = 44356
+__all__ = ["DEFAULT_HOP", "DEFAULT_TOP_K", "DEFAULT_BATCH", "MIN_WINDOW_SECONDS", "BLOCK_SECONDS", "MAX_BATCH_SAMPLES",
+           "TaggerError", "ModelMetadata", "load_metadata", "TagResult", "Tagger", "build_parser", "main"]
+
 DEFAULT_HOP = 1.0
 DEFAULT_TOP_K = 3
 DEFAULT_BATCH = 4  # windows per invoke: batch 8 was <3% faster on #15 here, for +160 MB of RSS
@@ -190,52 +192,7 @@ def load_metadata(model_path: str | os.PathLike[str], labels: str | os.PathLike[
 # --------------------------------------------------------------------------- windows
 
 
-def window_starts(n: int, window: int, hop: int) -> list[int]:
-    """Start samples of the windows over `n` samples (see the module docstring)."""
-    if n <= window:
-        return [0]
-    starts = list(range(0, n - window + 1, hop))
-    if starts[-1] + window < n:
-        starts.append(n - window)
-    return starts
-
-
-class _Windower:
-    """Cuts a stream of blocks into windows (the same as `window_starts`) in bounded memory.
-
-    Keeps only the samples still needed: from the next window's start, and the last
-    `window` samples (for the end-aligned tail window and the short-song loop).
-    """
-
-    def __init__(self, window: int, hop: int) -> None:
-        self.window, self.hop = window, hop
-        self.total = 0  # samples seen
-        self._buf = np.zeros(0, np.float32)
-        self._buf_start = 0  # absolute index of _buf[0]
-        self._next = 0  # next regular window start
-        self._last_end = 0  # end of the last window given out
-
-    def feed(self, block: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        self._buf = np.concatenate([self._buf, block]) if len(self._buf) else block
-        self.total += len(block)
-        while self._next + self.window <= self.total:
-            at = self._next - self._buf_start
-            yield self._next, self._buf[at : at + self.window]
-            self._last_end = self._next + self.window
-            self._next += self.hop
-        keep_from = max(self._buf_start, min(self._next, self.total - self.window))
-        if keep_from > self._buf_start:
-            self._buf = self._buf[keep_from - self._buf_start :].copy()
-            self._buf_start = keep_from
-
-    def finish(self) -> Iterator[tuple[int, np.ndarray]]:
-        """The tail window, or the looped song when it is shorter than one window."""
-        if self.total == 0:
-            return
-        if self.total < self.window:
-            yield 0, np.resize(self._buf, self.window)  # np.resize repeats the array
-        elif self._last_end < self.total:
-            yield self.total - self.window, self._buf[len(self._buf) - self.window :]
+# Windows: keras_mgc.windows (window_starts, Windower).
 
 
 # --------------------------------------------------------------------------- results
@@ -389,40 +346,18 @@ class Tagger:
         quiet.replay()
 
     def _signature_runner(self) -> Any:
-        signatures = self._interpreter.get_signature_list()
-        expected = (f'the exporter\'s contract needs a "{SIGNATURE}" signature with input "{INPUT}" '
-                    f'float32 [batch, samples] and output "{PROBABILITIES}" [batch, classes]')
-        sig = signatures.get(SIGNATURE)
-        if sig is None:
-            found = ", ".join(f'"{k}"' for k in signatures) or "none"
-            raise TaggerError(f"{self.model_path}: {expected}; the model's signatures: {found}")
-        if sig["inputs"] != [INPUT] or PROBABILITIES not in sig["outputs"]:
-            raise TaggerError(
-                f"{self.model_path}: {expected}; its \"{SIGNATURE}\" takes "
-                f"{sig['inputs']} and returns {sig['outputs']}"
-            )
-        runner = self._interpreter.get_signature_runner(SIGNATURE)
-        self._has_embedding = EMBEDDING in sig["outputs"]
-        inp = runner.get_input_details()[INPUT]
-        out = runner.get_output_details()[PROBABILITIES]
-        shape = list(out.get("shape_signature", out["shape"]))
-        if inp["dtype"] != np.float32 or len(inp.get("shape_signature", inp["shape"])) != 2:
-            raise TaggerError(f'{self.model_path}: input "{INPUT}" must be float32 [batch, samples], '
-                              f"got {np.dtype(inp['dtype']).name} of rank {len(inp['shape'])}")
-        if len(shape) != 2 or shape[-1] != len(self.class_names):
-            raise TaggerError(
-                f'{self.model_path}: output "{PROBABILITIES}" has shape {shape} but {self.metadata.source} '
-                f"names {len(self.class_names)} classes"
-            )
-        # The contract has both input dimensions resizable (-1); a model exported with fixed
-        # ones still works: a fixed batch is filled (zero windows, results dropped), a fixed
-        # length becomes the only window length.
-        batch, samples = (int(d) for d in inp.get("shape_signature", inp["shape"]))
-        self._fixed_batch = batch if batch > 0 else None
-        self._fixed_samples = samples if samples > 0 else None
+        try:
+            report = check_signatures(self._interpreter, len(self.class_names), labels_source=self.metadata.source)
+        except ContractError as exc:
+            raise TaggerError(f"{self.model_path}: {exc}") from exc
+        self._has_embedding = report.has_embedding
+        # A model exported with fixed input dimensions still works: a fixed batch is filled
+        # (zero windows, results dropped), a fixed length becomes the only window length.
+        self._fixed_batch = report.fixed_batch
+        self._fixed_samples = report.fixed_samples
         if self._fixed_batch:
             self.batch = self._fixed_batch
-        return runner
+        return self._interpreter.get_signature_runner(SIGNATURE)
 
     def _check_model(self) -> None:
         """Run one window of quiet noise: finite probabilities summing to 1, or a clear error."""
@@ -447,7 +382,7 @@ class Tagger:
         n = len(windows)
         if self._fixed_batch and n != self._fixed_batch:
             windows = np.concatenate([windows, np.zeros((self._fixed_batch - n, windows.shape[1]), np.float32)])
-        out = self._runner(**{INPUT: np.ascontiguousarray(windows, np.float32)})
+        out = self._runner(**{WAVEFORM_INPUT: np.ascontiguousarray(windows, np.float32)})
         probs = np.array(out[PROBABILITIES][:n], dtype=np.float32)
         emb = np.array(out[EMBEDDING][:n], dtype=np.float32) if self._has_embedding else None
         return probs, emb
@@ -568,7 +503,7 @@ class Tagger:
                 s = e.sum(axis=0, dtype=np.float64)
                 emb_sum[0] = s if emb_sum[0] is None else emb_sum[0] + s
 
-        windower = _Windower(w, h)
+        windower = Windower(w, h)
 
         def windows() -> Iterator[tuple[int, np.ndarray]]:
             for block in blocks:
@@ -597,10 +532,7 @@ def _expand(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
-            found = sorted(
-                (f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()),
-                key=lambda f: f.as_posix(),
-            )
+            found = find_audio_files(p)
             if not found:
                 yield arg, "directory holds no audio files (by extension: " + " ".join(sorted(AUDIO_EXTENSIONS)) + ")"
             for f in found:

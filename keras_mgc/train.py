@@ -100,11 +100,10 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    from keras_mgc.data.sources import prepare_data
-    from keras_mgc.evaluation import Predictor, evaluate_fold, write_results
+    from keras_mgc.data.prepare import prepare_data
+    from keras_mgc.scoring import summarise_run, evaluate_checkpoint
     from keras_mgc.io import read_json, write_json
-    from keras_mgc.models import load_float32
-    from keras_mgc.training import TrainingDiverged, crop_length, make_strategy, resolve_precision, train_fold
+    from keras_mgc.fold_trainer import TrainingDiverged, make_strategy, resolve_precision, train_fold
 
     if recipe.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -130,7 +129,6 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
         print(f"{len(data.store.flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
               f"in {run_dir / 'results.json'}", flush=True)
     write_json(run_dir / "classes.json", data.class_names)
-    recipe_dict = recipe_to_dict(recipe)
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
@@ -149,13 +147,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
             extra["stopped"] = {"fold": fold.name, "reason": str(exc)}
             status = 1
             break
-        keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
-        model = load_float32(str(fold_dir / "best.keras"), recipe.model, len(data.class_names))
-        keras.mixed_precision.set_global_policy(policy)
-        test_store = data.store.subset(data.positions(fold.test))
-        test = evaluate_fold(Predictor(model), test_store, data.labels(fold.test), data.class_names,
-                             recipe.eval.modes, crop_length(recipe), recipe.eval.tta_crops, fold_dir,
-                             f"{recipe.name} {fold.name}")
+        test = evaluate_checkpoint(recipe, data, fold, fold_dir)
         record = {"fold": fold.number, "name": fold.name, "checkpoint": f"{fold.name}/best.keras",
                   **{k: v for k, v in training.items() if k != "history"}, "split": fold.report(), "test": test}
         write_json(fold_dir / "history.json", training["history"])
@@ -164,10 +156,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
         scores = ", ".join(f"{m} {100 * test[m]['accuracy']:.1f}%" for m in test)
         print(f"{fold.name}: best epoch {training['best_epoch']}, test accuracy {scores}", flush=True)
     if records:
-        results = write_results(run_dir, recipe_dict, data.report(), records, recipe.eval.headline, extra)
-        head = results["summary"][recipe.eval.headline]["accuracy"]
-        print(f"{recipe.name}: {recipe.eval.headline} accuracy {100 * head['mean']:.1f} +- {100 * head['std']:.1f} % "
-              f"over {head['n']} fold(s); results in {run_dir / 'results.md'}", flush=True)
+        summarise_run(run_dir, recipe, data, records, extra)
     return status
 
 

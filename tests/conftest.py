@@ -33,12 +33,9 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900
                           capture_output=True, text=True, timeout=timeout)
 
 
-#: A CPU-sized CCS model for end-to-end runs in tests (tracing a training step costs more
-#: than running it on 2 cores, so the graph is kept small: no FSA, Res2Net scale 2).
-SMALL_MODEL_OVERRIDES = [
-    "model.channels=32", "model.ccs.stop=16", "model.fsa.enabled=false", "model.res2_scale=2",
-    "model.se_channels=8", "model.attention_channels=16",
-]
+#: A CPU-sized CCS model for end-to-end runs in tests: the `tiny` preset (keras_mgc.presets;
+#: tracing a training step costs more than running it on 2 cores, so the graph is kept small).
+SMALL_MODEL_OVERRIDES = ["model.preset=tiny"]
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import soundfile as sf
 
 from keras_mgc.audio import (
     AUDIO_EXTENSIONS,
-    SAMPLE_RATE,
     AudioError,
     TruncatedAudioWarning,
     audio_info,
@@ -26,6 +25,7 @@ from keras_mgc.audio import (
     load_audio,
     stream_audio,
 )
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 
 RNG = np.random.default_rng(1234)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from keras_mgc import presets
 from keras_mgc.config import RecipeError, apply_overrides, load_recipe, parse_recipe, recipe_to_dict
-from keras_mgc.models.__main__ import PAPER_SYSTEMS
 
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml") if not p.name.startswith("_"))
 GOOD = {"name": "t", "data": {"dataset": "synthetic"}}
@@ -30,15 +30,16 @@ def test_every_shipped_recipe_is_valid(path, tmp_path):
 
 
 def test_gtzan_recipes_are_the_paper_systems(tmp_path):
-    """Each GTZAN recipe's model section equals the configuration whose parameters we pin."""
-    by_number = {name.split()[0]: cfg for name, (cfg, _) in PAPER_SYSTEMS.items()}
+    """Each GTZAN recipe's model is the preset of its paper system, whose parameters we pin."""
+    by_number = {p.paper_ref: p for p in presets.PRESETS.values() if p.authors_params is not None}
     for path in RECIPES:
         if not path.stem.startswith("gtzan_") or path.stem == "gtzan_cv":
             continue
         recipe = load_recipe(path, [f"data.root={tmp_path}"])
         number = "#15" if recipe.paper_ref == "#16" else recipe.paper_ref
-        expected = parse_recipe({**GOOD, "model": by_number[number]}).model
-        assert recipe.model == expected, path.name
+        assert recipe.model.preset == by_number[number].name, path.name
+        expected = parse_recipe({**GOOD, "model": by_number[number].model}).model
+        assert recipe.model.model_dump(exclude={"preset"}) == expected.model_dump(exclude={"preset"}), path.name
         assert (recipe.seed, recipe.train.epochs, recipe.train.batch_size, recipe.data.data_cycle) == (3823, 80, 64, 8)
         assert recipe.data.split == "paper_10fold" and recipe.data.crop_samples == 44356
     headline = load_recipe(Path(RECIPES[0]).parent / "gtzan_cv.yaml", [f"data.root={tmp_path}"])
@@ -50,6 +51,7 @@ def test_melon_recipes_take_mels_with_the_papers_batch_and_seed(tmp_path):
         if path.stem.startswith("melon_"):
             recipe = load_recipe(path, [f"data.root={tmp_path}"])
             assert recipe.model.input == "mel" and recipe.model.sync_batchnorm
+            assert recipe.model.preset == f"paper_{recipe.paper_ref[1:]}_" + path.stem.split("_", 2)[2]
             assert (recipe.seed, recipe.train.batch_size, recipe.data.dataset) == (4021, 256, "melon")
 
 
@@ -124,3 +126,22 @@ def test_unreadable_and_non_mapping_recipes(tmp_path):
 def test_round_trip_through_plain_json():
     recipe = parse_recipe({**GOOD, "model": {"channels": 64, "ccs": {"stop": 32}}})
     assert parse_recipe(recipe_to_dict(recipe)) == recipe
+
+
+def test_a_preset_fills_the_model_and_explicit_keys_override_it():
+    recipe = parse_recipe({**GOOD, "model": {"preset": "paper_15_ccs_fsa_s512_c1024", "res2_scale": 4,
+                                             "ccs": {"stop": 256}}})
+    model = recipe.model
+    assert (model.channels, model.fsa.enabled, model.res2_scale, model.ccs.stop) == (1024, True, 4, 256)
+    assert model.preset == "paper_15_ccs_fsa_s512_c1024"
+    assert parse_recipe(recipe_to_dict(recipe)) == recipe  # the recorded recipe reproduces the model
+    tiny = parse_recipe({**GOOD, "model": {"preset": "tiny"}}).model
+    assert tiny == presets.model_config("tiny") and tiny.channels == 32 and not tiny.fsa.enabled
+
+
+def test_an_unknown_preset_names_the_key_and_the_close_name():
+    msg = _error({**GOOD, "model": {"preset": "paper_15_ccs_fsa"}})
+    assert "model.preset: unknown preset 'paper_15_ccs_fsa'; did you mean 'paper_15_ccs_fsa_s512_c1024'?" in msg
+    assert "model.preset: expected a preset name" in _error({**GOOD, "model": {"preset": 15}})
+    with pytest.raises(ValueError, match="already registered"):
+        presets.register(presets.get("tiny"))

@@ -437,3 +437,19 @@ def test_melon_without_arena_mel_or_usable_songs(melon, tmp_path):
     (melon / "song_meta.json").write_text(json.dumps([{"id": 2, "song_gn_gnr_basket": ["GN0100", "GN0200"]}]))
     with pytest.raises(DatasetError, match="no single-genre song"):
         discover_melon(melon)
+
+
+def test_audio_file_discovery_is_one_rule_for_datasets_tagger_and_exporter(tmp_path):
+    """keras_mgc.audio.find_audio_files: by extension, hidden skipped, links followed once, stable order."""
+    import os
+
+    from keras_mgc.audio import find_audio_files
+
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    for rel in ("a/z.wav", "a/b.FLAC", "a/sub/x.mp3", "a/._z.wav", "a/notes.txt", ".hidden/y.wav"):
+        (tmp_path / rel).write_bytes(b"")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "sub" / "loop")  # a cycle: followed once, not forever
+    os.symlink(tmp_path / "a" / "sub", tmp_path / "linked")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)]
+    assert found == ["a/b.FLAC", "a/z.wav", "a/sub/x.mp3"]

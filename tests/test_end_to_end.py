@@ -13,7 +13,7 @@ def test_trained_run_exports_and_its_tflite_tags_real_songs(gtzan_mini_run, shar
     gtzan = shared_data / "gtzan-mini"
     out = tmp_path / "export"
     eval_clips = [str(p) for p in sorted(gtzan.glob("*/*.00000.wav"))]
-    proc = run_cli("export", "--run", str(gtzan_mini_run), "--out", str(out), "--formats", "tflite",
+    proc = run_cli("keras_mgc.export", "--run", str(gtzan_mini_run), "--out", str(out), "--formats", "tflite",
                    "--tflite-precisions", "float32,dynamic_int8", "--eval-audio", *eval_clips,
                    "--representative-audio", *eval_clips, "--latency-runs", "1", "--latency-threads", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -42,10 +42,10 @@ def test_mixed_precision_checkpoint_exports_float32_artifacts(tmp_path, run, gtz
     import keras
     import tensorflow as tf
 
-    from export.cli import main
-    from export.saved_model import signature_summary
-    from export.source import from_run
-    from export.tflite import tensor_types
+    from keras_mgc.export.cli import main
+    from keras_mgc.export.saved_model import signature_summary
+    from keras_mgc.export.trained_model import from_run
+    from keras_mgc.export.tflite import tensor_types
     from keras_mgc.models import build_model
 
     src = from_run(run)
@@ -88,7 +88,7 @@ def test_mixed_precision_checkpoint_exports_float32_artifacts(tmp_path, run, gtz
 
 
 def test_missed_threshold_exits_1_and_never_publishes_to_out(tmp_path, run, gtzan, capsys):
-    from export.cli import main
+    from keras_mgc.export.cli import main
 
     out = tmp_path / "out"
     rc = main(_quick(run, out, gtzan, "--max-abs-diff", "1e-12"))
@@ -104,17 +104,17 @@ def test_missed_threshold_exits_1_and_never_publishes_to_out(tmp_path, run, gtza
 
 
 def test_a_converter_error_fails_the_export_and_the_others_go_on(tmp_path, run, gtzan, monkeypatch, capsys):
-    import export.onnx_export
-    from export.cli import main
+    import keras_mgc.export.onnx_export
+    from keras_mgc.export.cli import main
 
-    convert = export.onnx_export.convert
+    convert = keras_mgc.export.onnx_export.convert
 
     def broken_for_mel(models, entry, *args, **kwargs):
         if entry == "mel":
             raise RuntimeError("tf2onnx exploded")
         return convert(models, entry, *args, **kwargs)
 
-    monkeypatch.setattr(export.onnx_export, "convert", broken_for_mel)
+    monkeypatch.setattr(keras_mgc.export.onnx_export, "convert", broken_for_mel)
     out = tmp_path / "out"
     argv = _quick(run, out, gtzan)
     argv[argv.index("tflite")] = "onnx"
@@ -131,7 +131,7 @@ def test_a_converter_error_fails_the_export_and_the_others_go_on(tmp_path, run, 
 def test_without_real_clips_the_report_says_generated(tmp_path, run, monkeypatch, capsys):
     import yaml
 
-    from export.cli import main
+    from keras_mgc.export.cli import main
 
     monkeypatch.delenv("KERAS_MGC_SHARED_DATA", raising=False)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
@@ -154,7 +154,7 @@ def test_without_real_clips_the_report_says_generated(tmp_path, run, monkeypatch
 def test_bad_inputs_are_reported_once_and_skipped(tmp_path, gtzan):
     import soundfile as sf
 
-    from export import clips
+    from keras_mgc.export import clips
 
     short = tmp_path / "short.wav"
     sf.write(short, np.zeros(1000, np.float32), 22050)
@@ -178,18 +178,18 @@ def test_bad_inputs_are_reported_once_and_skipped(tmp_path, gtzan):
 
 
 def test_a_crash_mid_export_leaves_nothing_complete_looking(tmp_path, run, gtzan, capsys):
-    from export.cli import main
+    from keras_mgc.export.cli import main
 
     out = tmp_path / "out"
     argv = _quick(run, out, gtzan)
     argv[argv.index("tflite")] = "tflite,onnx"
     script = textwrap.dedent(f"""
         import os, signal, sys
-        import export.onnx_export
+        import keras_mgc.export.onnx_export
         def crash(*args, **kwargs):  # the process dies while the second format is being built
             os.kill(os.getpid(), signal.SIGKILL)
-        export.onnx_export.convert = crash
-        from export.cli import main
+        keras_mgc.export.onnx_export.convert = crash
+        from keras_mgc.export.cli import main
         sys.exit(main({argv!r}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -207,37 +207,38 @@ def test_a_crash_mid_export_leaves_nothing_complete_looking(tmp_path, run, gtzan
 
 
 def test_staging_replaces_the_old_export_only_when_finished(tmp_path):
-    from export import publish
+    from keras_mgc import io as kio
+    from keras_mgc.export import publish
 
     out = tmp_path / "export"
     out.mkdir()
     (out / "report.json").write_text("old")
     stage = publish.Staging(out)
-    publish.write_text(stage.dir / "report.json", "new")
+    kio.write_text(stage.dir / "report.json", "new")
     assert (out / "report.json").read_text() == "old"  # untouched while the new one is built
     assert stage.publish(passed=False) == tmp_path / "export.failed"
     assert (out / "report.json").read_text() == "old" and (tmp_path / "export.failed/report.json").read_text() == "new"
     stage = publish.Staging(out)
-    publish.write_text(stage.dir / "report.json", "newer")
+    kio.write_text(stage.dir / "report.json", "newer")
     stage.publish(passed=True)
     assert (out / "report.json").read_text() == "newer" and not (tmp_path / "export.failed").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
-    from export import publish
+    from keras_mgc.io import atomic_path
 
     target = tmp_path / "model.tflite"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with publish.atomic_file(target) as tmp:
+        with atomic_path(target) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("crash while writing")
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
 
 
 def test_default_pool_is_the_recipes_data_folder_in_class_order(tmp_path, gtzan, monkeypatch):
-    from export import clips
+    from keras_mgc.export import clips
 
     monkeypatch.delenv("KERAS_MGC_SHARED_DATA", raising=False)
     files, origin = clips.default_pool({"data": {"root": str(gtzan)}})

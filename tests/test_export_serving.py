@@ -1,7 +1,7 @@
 """TF Serving clients (REST and gRPC) against the exported SavedModel, over real sockets.
 
-No TensorFlow Serving binary or Docker engine runs on these machines (DESIGN.md section 2):
-`export.serving_emulator.ModelServer` loads the SavedModel in-process and answers REST and
+No TensorFlow Serving binary or Docker engine runs on these machines (BUILD_NOTES.md, "Design facts"):
+`tests.serving_emulator.ModelServer` loads the SavedModel in-process and answers REST and
 gRPC the way Serving does, so the request/response code is exercised end to end. The gRPC
 protos come from `tensorflow-serving-api`, installed with --no-deps beside tensorflow-cpu.
 """
@@ -26,7 +26,7 @@ def export_dir(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="session")
 def server(export_dir):
-    from export.serving_emulator import ModelServer
+    from tests.serving_emulator import ModelServer
 
     return ModelServer(export_dir["out"] / "saved_model")
 
@@ -66,18 +66,20 @@ def grpc_target(server):
 
 
 def test_tta_crops_make_a_fixed_shape_batch(audio):
-    from export.serving_client import tta_crops
+    """The client's batch is the pipeline's TTA (keras_mgc.windows): a short clip is wrap-padded, as in evaluation."""
+    from keras_mgc.export.serving_client import tta_crops
 
     batch = tta_crops(audio, CROP, 16)
     assert batch.shape == (16, CROP) and batch.dtype == np.float32
     np.testing.assert_array_equal(batch[0], audio[:CROP])
     np.testing.assert_array_equal(batch[-1], audio[len(audio) - CROP :])
-    with pytest.raises(ValueError, match="fewer than one crop"):
-        tta_crops(audio[:100], CROP)
+    short = tta_crops(audio[:100], CROP)
+    assert short.shape == (16, CROP)
+    np.testing.assert_array_equal(short[3], np.resize(audio[:100], CROP))
 
 
 def test_rest_request_format_is_tf_servings():
-    from export.serving_client import parse_rest_response, predict_url, rest_request
+    from keras_mgc.export.serving_client import parse_rest_response, predict_url, rest_request
 
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert rest_request(x) == {"signature_name": "serving_default",
@@ -90,7 +92,7 @@ def test_rest_request_format_is_tf_servings():
 
 @pytest.mark.parametrize("row_format", [True, False], ids=["instances", "inputs"])
 def test_rest_round_trip_equals_keras(rest_url, ref, audio, row_format):
-    from export.serving_client import rest_predict, tta_crops
+    from keras_mgc.export.serving_client import rest_predict, tta_crops
 
     batch = tta_crops(audio, CROP, 4)
     out = rest_predict(rest_url, "export_test", {"waveform": batch}, row_format=row_format)
@@ -105,7 +107,7 @@ def test_rest_round_trip_equals_keras(rest_url, ref, audio, row_format):
 
 
 def test_rest_errors_are_reported_like_serving(rest_url, server, audio):
-    from export.serving_client import ServingError, rest_predict
+    from keras_mgc.export.serving_client import ServingError, rest_predict
 
     with pytest.raises(ServingError, match="HTTP 404"):
         rest_predict(rest_url, "no_such_model", audio[None, :CROP])
@@ -122,7 +124,7 @@ def test_grpc_request_and_response_protos(audio):
     _grpc()
     import tensorflow as tf
 
-    from export.serving_client import grpc_request
+    from keras_mgc.export.serving_client import grpc_request
 
     request = grpc_request({"waveform": audio[None, :CROP]}, "export_test", version=1, output_filter=["probabilities"])
     assert request.model_spec.name == "export_test" and request.model_spec.signature_name == "serving_default"
@@ -133,7 +135,7 @@ def test_grpc_request_and_response_protos(audio):
 
 
 def test_grpc_round_trip_equals_keras(grpc_target, ref, audio):
-    from export.serving_client import grpc_predict, tta_crops
+    from keras_mgc.export.serving_client import grpc_predict, tta_crops
 
     batch = tta_crops(audio, CROP, 16)
     out = grpc_predict(grpc_target, "export_test", {"waveform": batch})
@@ -146,7 +148,7 @@ def test_grpc_round_trip_equals_keras(grpc_target, ref, audio):
 
 
 def test_grpc_errors_carry_serving_status_codes(grpc_target, audio):
-    from export.serving_client import ServingError, grpc_predict
+    from keras_mgc.export.serving_client import ServingError, grpc_predict
 
     with pytest.raises(ServingError, match="NOT_FOUND"):
         grpc_predict(grpc_target, "export_test", audio[None, :CROP], version=9)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_mgc import presets
 from keras_mgc.config import ECAPAConfig
+from keras_mgc.contract import DEFAULT_CROP_SAMPLES
 from keras_mgc.models import build_model, count_params, load_float32, with_input
 from keras_mgc.models.__main__ import PAPER_SYSTEMS
 
@@ -19,27 +21,30 @@ from keras_mgc.models.__main__ import PAPER_SYSTEMS
 _SMALL = {"se_channels": 8, "attention_channels": 16, "res2_scale": 2}
 SMALL = {
     "vanilla": {"channels": 32, **_SMALL},
-    "ccs": {"channels": 32, "ccs": {"stop": 16}, **_SMALL},
+    "ccs": presets.get("tiny").model,  # the same numbers as _SMALL
     "ccs_fsa": {"channels": 64, "ccs": {"stop": 32}, "fsa": {"enabled": True}, **_SMALL},
 }
-CROP = 44356
+CROP = DEFAULT_CROP_SAMPLES
 
 
 def _audio(batch: int, samples: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((batch, samples)) * 0.1).astype("float32")
 
 
-@pytest.mark.parametrize("system", list(PAPER_SYSTEMS))
+def test_the_models_table_lists_the_eight_gtzan_systems():
+    assert [p.paper_ref for p in PAPER_SYSTEMS] == [f"#{n}" for n in range(8, 16)]
+
+
+@pytest.mark.parametrize("system", PAPER_SYSTEMS, ids=lambda p: p.name)
 def test_parameter_counts_equal_the_authors_models(system):
-    cfg, expected = PAPER_SYSTEMS[system]
-    model = build_model(ECAPAConfig(**cfg), num_classes=10)
-    assert count_params(model) == expected
+    model = build_model(presets.model_config(system.name), num_classes=10)
+    assert count_params(model) == system.authors_params
 
 
 def test_pooled_sizes_follow_the_paper():
-    cases = {"#12 CCS s=512 c=1024": 2 * 3840, "#15 CCS+FSA s=512 c=1024": 6144, "#8 ECAPA-TDNN C=1024": 3072}
+    cases = {"paper_12_ccs_s512_c1024": 2 * 3840, "paper_15_ccs_fsa_s512_c1024": 6144, "paper_08_ecapa": 3072}
     for system, pooled in cases.items():
-        model = build_model(ECAPAConfig(**PAPER_SYSTEMS[system][0]), num_classes=10)
+        model = build_model(presets.model_config(system), num_classes=10)
         assert model.get_layer("backbone").output_shape == (None, pooled)
 
 
@@ -124,8 +129,9 @@ def test_models_cli_prints_the_parameter_table():
     out = subprocess.run(
         [sys.executable, "-m", "keras_mgc.models", "--no-flops"], capture_output=True, text=True, check=True
     ).stdout
-    for system, (_, expected) in PAPER_SYSTEMS.items():
-        line = next(line for line in out.splitlines() if line.startswith(system))
+    for system in PAPER_SYSTEMS:
+        expected = system.authors_params
+        line = next(line for line in out.splitlines() if line.startswith(system.name))
         assert line.split()[-4:-2] == [f"{expected:,}", f"{expected:,}"]
     assert "differs" not in out
 

@@ -19,21 +19,6 @@ def _tracks(tmp_path, lengths, sr=22050, name="c"):
     return tracks
 
 
-def test_crop_and_wrap_padding():
-    clip = np.arange(10, dtype=np.float32)
-    np.testing.assert_array_equal(P.crop(clip, 3, 4), [3, 4, 5, 6])
-    np.testing.assert_array_equal(P.crop(clip[:3], 0, 7), [0, 1, 2, 0, 1, 2, 0])  # shorter than a crop
-    mel = np.arange(12, dtype=np.float32).reshape(3, 4)
-    assert P.crop(mel, 0, 5).shape == (5, 4)
-
-
-def test_tta_positions_follow_linspace():
-    np.testing.assert_array_equal(P.tta_starts(661500, 44356, 16), np.linspace(0, 661500 - 44356, 16).astype(int))
-    assert P.tta_starts(1000, 44356, 16).tolist() == [0] * 16
-    crops = P.tta_crops(np.arange(100, dtype=np.float32), 10, 4)
-    assert crops.shape == (4, 10) and crops[-1, -1] == 99 and crops[0, 0] == 0
-
-
 def test_sampler_plans_are_deterministic_and_visit_every_track_data_cycle_times():
     lengths = [50_000, 30_000, 44_356, 100_000, 60_000]
     sampler = P.CropSampler(lengths, crop=44_356, data_cycle=8, seed=3823, global_batch=16)

@@ -27,7 +27,8 @@ import pytest
 import soundfile as sf
 
 from keras_mgc import io as kio
-from keras_mgc.audio import SAMPLE_RATE, AudioError, load_audio, stream_audio
+from keras_mgc.audio import AudioError, load_audio, stream_audio
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 from keras_mgc.data.datasets import DatasetError, Track
 from tests.conftest import REPO_ROOT, SMALL_MODEL_OVERRIDES, run_cli
 
@@ -244,7 +245,7 @@ def test_too_many_bad_files_stop_the_run_with_a_clear_error(messy, tmp_path):
 
 def test_a_class_whose_every_file_is_unreadable_is_an_error(tmp_path):
     from keras_mgc.config import DataConfig
-    from keras_mgc.data.sources import prepare_data
+    from keras_mgc.data.prepare import prepare_data
 
     for n in range(3):
         _write(tmp_path / "data" / "good" / f"{n}.wav", _tone(440.0, 0.5, 22050, seed=n), 22050)
@@ -432,7 +433,7 @@ def _tiny_fit(tmp_path, make_batch, epochs=3, steps=5, extra_callbacks=(), lr=0.
     import keras
     import tensorflow as tf
 
-    from keras_mgc.training import RunState
+    from keras_mgc.fold_trainer import RunState
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
@@ -504,7 +505,7 @@ def test_best_checkpoint_is_published_only_after_the_state_that_records_it(tmp_p
     holding an epoch that state.json does not know (it would be evaluated as the best)."""
     import keras
 
-    from keras_mgc.training import RunState
+    from keras_mgc.fold_trainer import RunState
 
     _tiny_fit(tmp_path, _batch, epochs=2, steps=2)
     fold = tmp_path / "fold_01"
@@ -542,7 +543,7 @@ FAULT = textwrap.dedent("""
     # learning rate from 1e-3 (epoch 1) to 5e7 (epoch 2) - a warm-up gone wrong - so that fold 1
     # completes and fold 2 diverges after one good epoch, in the same run.
     import sys
-    import keras_mgc.training as T
+    import keras_mgc.fold_trainer as T
     from keras_mgc.train import main
 
     train_fold = T.train_fold
@@ -622,7 +623,7 @@ def test_relu_swallows_nan_so_poisoned_weights_are_caught_at_the_end_of_the_epoc
     import keras
     import tensorflow as tf
 
-    from keras_mgc.training import RunState
+    from keras_mgc.fold_trainer import RunState
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])

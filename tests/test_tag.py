@@ -29,11 +29,10 @@ from keras_mgc.tag import (
     EXIT_USAGE,
     Tagger,
     TaggerError,
-    _Windower,
     load_metadata,
     main,
-    window_starts,
 )
+from keras_mgc.windows import Windower, window_starts
 from tests.tflite_fixtures import CROP, GENRES, SAMPLE_RATE, build_test_model, build_toy_model, write_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +163,7 @@ def test_window_starts_cover_every_sample_and_count_follows_the_rule(n, window, 
 def test_streamed_windows_equal_the_windows_of_the_whole_signal(n, window, hop, cuts):
     signal = np.arange(n, dtype=np.float32)
     edges = sorted({c for c in cuts if c < n} | {0, n})
-    windower = _Windower(window, hop)
+    windower = Windower(window, hop)
     got = []
     for a, b in zip(edges[:-1], edges[1:]):
         got += [(s, w.copy()) for s, w in windower.feed(signal[a:b])]
@@ -174,7 +173,7 @@ def test_streamed_windows_equal_the_windows_of_the_whole_signal(n, window, hop, 
         expected = np.resize(signal, window) if n < window else signal[start : start + window]
         np.testing.assert_array_equal(samples, expected)
     # bounded: never more than a window plus the largest block is held
-    assert len(windower._buf) <= window + max(b - a for a, b in zip(edges[:-1], edges[1:]))
+    assert windower.buffered <= window + max(b - a for a, b in zip(edges[:-1], edges[1:]))
 
 
 # --------------------------------------------------------------------------- real music

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 
 import pytest
 
 from keras_mgc.config import OptimizerConfig, ScheduleConfig
-from keras_mgc.training import learning_rate_at
+from keras_mgc.fold_trainer import learning_rate_at
 from tests.conftest import REPO_ROOT
 
 
@@ -39,8 +40,8 @@ DISTRIBUTED = textwrap.dedent("""
     import keras
     from pathlib import Path
     from keras_mgc.config import parse_recipe
-    from keras_mgc.data.sources import prepare_data
-    from keras_mgc.training import train_fold
+    from keras_mgc.data.prepare import prepare_data
+    from keras_mgc.fold_trainer import train_fold
     out = Path(sys.argv[1])
     recipe = parse_recipe({"name": "dist", "data": {"dataset": "synthetic", "split": "kfold", "n_folds": 3,
         "folds": [1], "synthetic_clips_per_class": 4, "synthetic_seconds": 3.0, "data_cycle": 2},
@@ -61,8 +62,9 @@ def test_mirrored_strategy_with_synchronised_batchnorm_trains(tmp_path):
 
     script = tmp_path / "dist.py"
     script.write_text(DISTRIBUTED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=600)
+                          cwd=REPO_ROOT, env=env, timeout=600)  # this checkout's keras_mgc, not an installed one
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2

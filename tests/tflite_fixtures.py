@@ -1,6 +1,6 @@
 """Small TFLite models for the tagger's tests, built to the exporter's contract.
 
-The contract (see keras_mgc/tag.py): a "serving_default" signature with input "waveform"
+The contract (keras_mgc/contract.py): a "serving_default" signature with input "waveform"
 float32 [batch, samples] at 22,050 Hz and outputs "probabilities" (softmax applied) and
 "embedding"; a metadata JSON with the same stem (class_names, sample_rate, crop_samples) and
 a labels.txt beside it. These helpers import TensorFlow; the tagger itself must not.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 22050
-CROP = 44356
+from keras_mgc.contract import DEFAULT_CROP_SAMPLES as CROP
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
+
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
-SMALL_ECAPA = dict(channels=32, ccs={"stop": 16}, res2_scale=2, se_channels=8, attention_channels=16)
 
 
 @dataclass
@@ -51,11 +51,11 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
     """
     import keras
 
-    from keras_mgc.config import ECAPAConfig
+    from keras_mgc import presets
     from keras_mgc.models import build_model
 
     keras.utils.set_random_seed(seed)
-    cfg = ECAPAConfig(**SMALL_ECAPA)
+    cfg = presets.model_config("tiny")
     model = build_model(cfg, num_classes=len(GENRES))
     if gtzan is not None and steps:
         from keras_mgc.audio import load_audio
@@ -78,8 +78,8 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
 
     # The exporter's own conversion (SavedModel through ExportArchive, then TFLite builtins),
     # with its float32-DFT serving graph sharing the trained weights.
-    from export.graphs import ServingModels, probabilities_and_embedding
-    from export.tflite import TFLiteConverter
+    from keras_mgc.export.graphs import ServingModels, probabilities_and_embedding
+    from keras_mgc.export.tflite import TFLiteConverter
 
     models = ServingModels(model=model, cfg=cfg, num_classes=len(GENRES))
     waveform = models.waveform("float32")

@@ -26,7 +26,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -35,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from keras_mgc.audio import AudioError, check_audio, is_audio_file
+from keras_mgc.audio import AudioError, check_audio, find_audio_files, is_audio_file
+
+__all__ = ["GTZAN_GENRES", "GTZAN_DIRS", "MELON_MEL_BINS", "DatasetError", "DatasetWarning", "MelonError", "Track",
+           "DatasetIndex", "discover", "discover_melon", "load_melon_mel", "validate_tracks"]
 
 #: The ten GTZAN genres, in the sorted order that is also the label order.
 GTZAN_GENRES: tuple[str, ...] = (
@@ -155,22 +158,6 @@ def _skip(path: str | os.PathLike[str], reason: str, **known: str) -> dict[str, 
 # --------------------------------------------------------------------------- audio folders
 
 
-def _audio_files(folder: Path) -> Iterator[Path]:
-    """Audio files below `folder`, sorted, following symlinks (once per real folder);
-    hidden files and folders (".name", e.g. macOS "._x.wav") are ignored."""
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and is_audio_file(name):
-                yield Path(dirpath, name)
-
-
 def _locate_gtzan(root: Path) -> Path | None:
     """The folder holding GTZAN genre folders, if `root` is or contains one."""
     if root.name in {Path(d).name for d in GTZAN_DIRS}:
@@ -207,7 +194,7 @@ def discover(root: str | os.PathLike[str]) -> DatasetIndex:
                 skipped.append(_skip(entry, "audio file outside any class folder"))
             continue
         n_before = len(tracks)
-        for path in _audio_files(entry):
+        for path in find_audio_files(entry):
             key = f"{entry.name}/{path.relative_to(entry).with_suffix('').as_posix()}"
             if key in taken:
                 skipped.append(_skip(path, f"duplicate key {key!r}: {taken[key]} has it already", key=key))

@@ -6,11 +6,12 @@ a `ClipStore`, in memory or in an on-disk cache of .npy files that later runs re
 planned per epoch by `CropSampler` from (seed, epoch) alone, so a run is deterministic
 and a resumed run sees exactly the crops the uninterrupted run would have seen.
 
-Example:
-    >>> store = ClipStore(tracks, cache="memory").prepare()
-    >>> sampler = CropSampler(store.lengths, crop=44356, data_cycle=8, seed=3823, global_batch=64)
-    >>> ds = training_dataset(store, labels, sampler, initial_epoch=0)
-    >>> model.fit(ds, epochs=80, steps_per_epoch=sampler.steps_per_epoch, initial_epoch=0)
+Example (with `tracks`, `labels` and a compiled `model`; `keras_mgc.fold_trainer` does this)::
+
+    store = ClipStore(tracks, cache="memory").prepare()
+    sampler = CropSampler(store.lengths, crop=44356, data_cycle=8, seed=3823, global_batch=64)
+    ds = training_dataset(store, labels, sampler, initial_epoch=0)
+    model.fit(ds, epochs=80, steps_per_epoch=sampler.steps_per_epoch, initial_epoch=0)
 """
 
 from __future__ import annotations
@@ -26,33 +27,20 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_mgc.audio import SAMPLE_RATE, AudioError, load_audio
+from keras_mgc.audio import AudioError, load_audio
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 from keras_mgc.data.datasets import MELON_MEL_BINS, Track, load_melon_mel
 from keras_mgc.io import atomic_path
+from keras_mgc.windows import crop
+
+__all__ = ["CACHE_VERSION", "is_mel_track", "ClipStore", "CropSampler", "training_dataset", "distributed_training_input",
+           "whole_clip_dataset"]
 
 CACHE_VERSION = 1
 
 
 def is_mel_track(track: Track) -> bool:
     return track.path.endswith(".npy")
-
-
-def crop(clip: np.ndarray, start: int, size: int) -> np.ndarray:
-    """`size` samples (or frames) from `start`; a clip shorter than `size` is wrap-padded."""
-    n = clip.shape[0]
-    if n >= size:
-        return np.asarray(clip[start : start + size])
-    return np.take(clip, np.arange(size) % n, axis=0)
-
-
-def tta_starts(length: int, size: int, n_crops: int) -> np.ndarray:
-    """The paper's TTA crop starts: linspace(0, N - crop, n) truncated to integers (0 for short clips)."""
-    return np.linspace(0, max(length - size, 0), n_crops).astype(np.int64)
-
-
-def tta_crops(clip: np.ndarray, size: int, n_crops: int = 16) -> np.ndarray:
-    """(n_crops, size[, bins]) crops at the paper's TTA positions."""
-    return np.stack([crop(clip, int(s), size) for s in tta_starts(clip.shape[0], size, n_crops)])
 
 
 class ClipStore:
@@ -69,7 +57,7 @@ class ClipStore:
     """
 
     def __init__(self, tracks: Sequence[Track], cache: str = "memory", cache_dir: str | os.PathLike | None = None,
-                 sample_rate: int = SAMPLE_RATE, workers: int | None = None) -> None:
+                 sample_rate: int = DEFAULT_SAMPLE_RATE, workers: int | None = None) -> None:
         if cache not in ("memory", "disk", "none"):
             raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}")
         if cache == "disk" and cache_dir is None:
@@ -162,9 +150,6 @@ class ClipStore:
     @property
     def is_mel(self) -> bool:
         return bool(self.tracks) and is_mel_track(self.tracks[0])
-
-    def element_shape(self) -> tuple[int | None, ...]:
-        return (None, MELON_MEL_BINS) if self.is_mel else (None,)
 
 
 class CropSampler:

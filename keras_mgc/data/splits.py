@@ -30,6 +30,11 @@ from keras_mgc.audio import AUDIO_EXTENSIONS
 from keras_mgc.data.datasets import DatasetIndex, Track
 from keras_mgc.io import write_text
 
+__all__ = ["PARTS", "PART_ALIASES", "SplitError", "normalise_key", "parse_split_list", "read_split_list",
+           "write_split_list", "read_folds", "read_split", "load_split_dir", "check_parts", "check_folds",
+           "Split", "paper_folds", "fault_filtered", "cv_fold", "stratified_kfold", "ResolvedSplit",
+           "resolve_split"]
+
 #: The parts of a split, in order.
 PARTS: tuple[str, ...] = ("train", "valid", "test")
 #: File-name stems accepted for each part in a folder of split lists.

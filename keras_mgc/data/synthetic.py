@@ -6,8 +6,9 @@ folder-per-class layout, so training reads them exactly as it reads real dataset
 Deterministic for a seed.
 
 Example:
-    >>> root = make_synthetic_dataset("/tmp/synth", clips_per_class=4, seconds=3.0)
-    >>> sorted(p.name for p in root.iterdir())
+    >>> import tempfile
+    >>> root = make_synthetic_dataset(Path(tempfile.mkdtemp()) / "synth", clips_per_class=2, seconds=1.0)
+    >>> sorted(p.name for p in root.iterdir() if p.is_dir())
     ['arpeggio', 'chords', 'drone', 'noise_sweep', 'pulse']
 """
 
@@ -21,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from keras_mgc.audio import SAMPLE_RATE
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 from keras_mgc.io import atomic_path, write_json
+
+__all__ = ["VERSION", "CLASSES", "make_synthetic_dataset", "describe"]
 
 VERSION = 1
 
@@ -59,7 +62,7 @@ def _noise_sweep(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     """Noise whose bright band sweeps up and down (a crude wah on white noise)."""
     noise = rng.standard_normal(t.size)
     centre = 2000 + 1500 * np.sin(2 * np.pi * rng.uniform(0.2, 0.5) * t)
-    carrier = np.sin(2 * np.pi * np.cumsum(centre) / SAMPLE_RATE)
+    carrier = np.sin(2 * np.pi * np.cumsum(centre) / DEFAULT_SAMPLE_RATE)
     smooth = np.convolve(noise, np.ones(8) / 8, mode="same")
     return 0.5 * carrier * smooth + 0.1 * noise
 
@@ -95,7 +98,7 @@ def make_synthetic_dataset(
     """
     root = Path(root)
     spec = {"version": VERSION, "clips_per_class": clips_per_class, "seconds": seconds, "seed": seed,
-            "sample_rate": SAMPLE_RATE, "classes": sorted(CLASSES)}
+            "sample_rate": DEFAULT_SAMPLE_RATE, "classes": sorted(CLASSES)}
     marker = root / "synthetic.json"
     if marker.is_file():
         try:
@@ -103,8 +106,8 @@ def make_synthetic_dataset(
                 return root
         except (OSError, ValueError):
             pass
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
+    n = int(seconds * DEFAULT_SAMPLE_RATE)
+    t = np.arange(n) / DEFAULT_SAMPLE_RATE
     for c, (name, make) in enumerate(sorted(CLASSES.items())):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,7 @@ def make_synthetic_dataset(
             sig = make(rng, t) + 0.02 * rng.standard_normal(n)
             sig = 0.5 * sig / (np.abs(sig).max() + 1e-9) * rng.uniform(0.5, 1.0)
             with atomic_path(folder / f"{name}.{i:05d}.wav") as tmp:
-                sf.write(tmp, sig.astype(np.float32), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+                sf.write(tmp, sig.astype(np.float32), DEFAULT_SAMPLE_RATE, subtype="PCM_16", format="WAV")
     write_json(marker, spec)
     return root
 

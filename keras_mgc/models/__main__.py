@@ -8,19 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from keras_mgc.config import ECAPAConfig
+from keras_mgc import presets
 
-#: The paper's GTZAN systems (Table 2) as model configurations, with the authors' parameter counts.
-PAPER_SYSTEMS: dict[str, tuple[dict, int]] = {
-    "#8 ECAPA-TDNN C=1024": ({"channels": 1024}, 14_721_054),
-    "#9 CCS s=512 c=512": ({"channels": 512, "ccs": {"stop": 512}}, 13_851_678),
-    "#10 CCS s=256 c=768": ({"channels": 768, "ccs": {"stop": 256}}, 15_860_766),
-    "#11 CCS s=256 c=1024": ({"channels": 1024, "ccs": {"stop": 256}}, 24_386_046),
-    "#12 CCS s=512 c=1024": ({"channels": 1024, "ccs": {"stop": 512}}, 31_424_478),
-    "#13 CCS+FSA s=256 c=768": ({"channels": 768, "ccs": {"stop": 256}, "fsa": {"enabled": True}}, 12_218_990),
-    "#14 CCS+FSA s=256 c=1024": ({"channels": 1024, "ccs": {"stop": 256}, "fsa": {"enabled": True}}, 19_600_574),
-    "#15 CCS+FSA s=512 c=1024": ({"channels": 1024, "ccs": {"stop": 512}, "fsa": {"enabled": True}}, 21_722_270),
-}
+#: The paper's GTZAN systems (Table 2): presets with the authors' parameter counts.
+PAPER_SYSTEMS = [p for p in presets.PRESETS.values() if p.authors_params is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     from keras_mgc.models.flops import count_flops
 
     rows = []
-    print(f"{'system':<28} {'params':>12} {'authors':>12} {'GFLOP/s audio':>14} {'of which front end':>19}")
-    for name, (cfg, expected) in PAPER_SYSTEMS.items():
+    print(f"{'system':<30} {'params':>12} {'authors':>12} {'GFLOP/s audio':>14} {'of which front end':>19}")
+    for preset in PAPER_SYSTEMS:
         keras.backend.clear_session()
-        model = build_model(ECAPAConfig(**cfg), args.classes)
+        name, cfg, expected = preset.name, preset.model, preset.authors_params
+        model = build_model(presets.model_config(name), args.classes)
         params = count_params(model)
-        row = {"system": name, "config": cfg, "params": params, "authors_params": expected}
+        row = {"system": name, "description": preset.description, "config": cfg, "params": params,
+               "authors_params": expected}
         gflops = frontend = float("nan")
         if not args.no_flops:
             seconds = 30
@@ -50,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(gflops_per_second=gflops, frontend_gflops_per_second=frontend)
         rows.append(row)
         mark = "" if args.classes != 10 or params == expected else "  <-- differs"
-        print(f"{name:<28} {params:>12,} {expected:>12,} {gflops:>14.2f} {frontend:>19.2f}{mark}")
+        print(f"{name:<30} {params:>12,} {expected:>12,} {gflops:>14.2f} {frontend:>19.2f}{mark}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)

@@ -6,8 +6,9 @@ turns the embedding into class logits. The model's output is logits (float32); s
 applied by the loss in training and by the exported serving signatures.
 
 Example:
-    >>> from keras_mgc.config import ECAPAConfig
-    >>> model = build_model(ECAPAConfig(channels=64), num_classes=10)
+    >>> import numpy as np
+    >>> from keras_mgc import presets
+    >>> model = build_model(presets.model_config("tiny"), num_classes=10)
     >>> model(np.zeros((2, 44356), "float32")).shape
     TensorShape([2, 10])
 
@@ -28,6 +29,9 @@ from keras_mgc.models.bbnn import build_bbnn_backbone
 from keras_mgc.models.ecapa_tdnn import batch_norm, build_ecapa_backbone, torch_initializers
 from keras_mgc.models.resnet import build_resnet_backbone
 from keras_mgc.models.vgg import build_vgg_backbone
+
+__all__ = ["BACKBONES", "ClassifierHead", "build_backbone", "frontend_params", "build_preprocessor", "build_model",
+           "with_input", "count_params", "load_float32"]
 
 #: Backbone builders by `model.backbone` name: log-mel (batch, frames, n_mels) -> embedding.
 #: Each name has its config class in keras_mgc.config.MODEL_CONFIGS.
@@ -154,7 +158,7 @@ def load_float32(path: str, cfg: ModelConfigBase, num_classes: int, dft_precisio
     """A saved model rebuilt in float32 from its configuration, with the saved weights.
 
     A `.keras` file saved under a mixed-precision policy reloads with float16/bfloat16
-    layers whatever the global policy (DESIGN.md section 2), and such a graph neither runs
+    layers whatever the global policy (BUILD_NOTES.md, "Design facts"), and such a graph neither runs
     fast on a CPU nor converts to TFLite; rebuilding under float32 and copying the weights
     (variables are float32 under every policy) gives the same model in float32.
     `dft_precision` overrides the front end's DFT precision (exports use "float32").

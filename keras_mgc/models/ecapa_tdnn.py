@@ -2,7 +2,7 @@
 
 One readable file for the model of Heo et al., "Convolution Channel Separation and
 Frequency Sub-bands Aggregation for Music Genre Classification", built as the authors'
-PyTorch code builds it (DESIGN.md section 1; choices recorded in BUILD_NOTES.md).
+PyTorch code builds it (choices recorded in BUILD_NOTES.md, "Model").
 
 Data layout is channels-last throughout: (batch, frames, channels). Every convolution
 unit is conv -> ReLU -> BatchNorm, as in the authors' code.
@@ -13,7 +13,7 @@ Anatomy (paper term -> layer):
     CCS: continuous vs stop channels              -> ChannelSeparation
     FSA: one extractor per mel sub-band           -> SubBandAggregator (one band = no FSA)
     attentive statistics pooling                  -> AttentiveStatsPooling
-    BN -> Linear -> BN head                       -> ClassifierHead (keras_mgc.models.heads)
+    BN -> Linear -> BN head                       -> ClassifierHead (keras_mgc.models.classifier)
 
 Example:
     >>> from keras_mgc.config import ECAPAConfig
@@ -32,6 +32,10 @@ import keras
 from keras import ops
 
 from keras_mgc.config import ECAPAConfig
+
+__all__ = ["torch_initializers", "batch_norm", "ConvReluBN", "Res2Conv1D", "SEBlock", "SERes2Block", "ChannelSeparation",
+           "FeatureExtractor", "SubBandAggregator", "AttentiveStatsPooling", "ecapa_last_channels",
+           "build_ecapa_backbone"]
 
 _register = keras.saving.register_keras_serializable(package="keras_mgc")
 
@@ -347,7 +351,7 @@ class AttentiveStatsPooling(_ConfigLayer):
 
     def __init__(self, channels: int, attention_channels: int = 256, sync_batchnorm: bool = False,
                  eps: float = 1e-4, **kwargs: Any) -> None:
-        kwargs["dtype"] = "float32"  # x^2 overflows float16 near 300 (DESIGN.md section 2)
+        kwargs["dtype"] = "float32"  # x^2 overflows float16 near 300 (BUILD_NOTES.md, "Design facts")
         super().__init__(dict(channels=channels, attention_channels=attention_channels,
                               sync_batchnorm=sync_batchnorm, eps=eps), **kwargs)
         self.attention_bn = batch_norm(sync_batchnorm, name="attention_bn", dtype="float32")

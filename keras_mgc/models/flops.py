@@ -10,6 +10,8 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+__all__ = ["count_flops"]
+
 
 def count_flops(model: keras.Model, samples: int, batch: int = 1) -> dict[str, int]:
     """FLOPs of one inference pass on `batch` inputs of `samples` samples (or frames for a mel model).

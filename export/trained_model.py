@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
-from export import ExportError
+from keras_mgc.export import ExportError
+
+__all__ = ["ExportSource", "read_class_names", "read_recipe", "from_run", "from_files"]
 
 
 @dataclass

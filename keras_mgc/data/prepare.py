@@ -21,6 +21,8 @@ from keras_mgc.data.pipeline import ClipStore
 from keras_mgc.data.synthetic import describe as describe_synthetic
 from keras_mgc.data.synthetic import make_synthetic_dataset
 
+__all__ = ["Fold", "PreparedData", "prepare_data"]
+
 log = logging.getLogger("keras_mgc")
 
 

@@ -9,9 +9,6 @@ the recipe, versions, seeds and data used) and a short results.md table.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_mgc import __version__
-from keras_mgc.data.pipeline import ClipStore, crop, tta_crops
+from keras_mgc.data.pipeline import ClipStore
+from keras_mgc.environment import environment
 from keras_mgc.io import write_json, write_text
 from keras_mgc.metrics import classification_metrics, mean_std, plot_confusion, summarize_folds
+from keras_mgc.windows import crop, tta_crops
+
+__all__ = ["MODE_TITLES", "Predictor", "evaluate_fold", "write_results", "evaluate_checkpoint", "summarise_run",
+           "results_markdown"]
 
 MODE_TITLES = {"whole": "whole clip", "tta": "16-crop TTA"}
 
@@ -86,38 +87,6 @@ def evaluate_fold(predictor: Predictor, store: ClipStore, labels: Sequence[int],
     return results
 
 
-def environment() -> dict[str, Any]:
-    """Versions and devices, for the record."""
-    import soundfile
-    import soxr
-
-    return {
-        "keras_mgc": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "soundfile": soundfile.__version__,
-        "libsndfile": soundfile.__libsndfile_version__,
-        "soxr": soxr.__version__,
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write_results(run_dir: str | Path, recipe: dict[str, Any], data_report: dict[str, Any],
                   folds: list[dict[str, Any]], headline: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """results.json (everything) and results.md (a table) for the folds finished so far."""
@@ -138,6 +107,40 @@ def write_results(run_dir: str | Path, recipe: dict[str, Any], data_report: dict
     }
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "results.md", results_markdown(results))
+    return results
+
+
+def evaluate_checkpoint(recipe: Any, data: Any, fold: Any, fold_dir: Path) -> dict[str, Any]:
+    """Evaluate a fold's best.keras (rebuilt in float32) on the fold's test tracks.
+
+    The one load -> evaluate step of `keras_mgc.train` (after training a fold) and
+    `keras_mgc.evaluate` (re-evaluating a finished run). Writes the fold's confusion
+    pictures; returns {mode: metrics}. Raises OSError/ValueError when the checkpoint
+    cannot be loaded.
+    """
+    from keras_mgc.models import load_float32
+    from keras_mgc.windows import crop_length
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
+    try:
+        model = load_float32(str(Path(fold_dir) / "best.keras"), recipe.model, len(data.class_names))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    store = data.store.subset(data.positions(fold.test))
+    return evaluate_fold(Predictor(model), store, data.labels(fold.test), data.class_names, recipe.eval.modes,
+                         crop_length(recipe), recipe.eval.tta_crops, Path(fold_dir), f"{recipe.name} {fold.name}")
+
+
+def summarise_run(run_dir: Path, recipe: Any, data: Any, records: list[dict[str, Any]],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write results.json / results.md for `records` and print the headline line; returns the results."""
+    from keras_mgc.config import recipe_to_dict
+
+    results = write_results(run_dir, recipe_to_dict(recipe), data.report(), records, recipe.eval.headline, extra)
+    head = results["summary"][recipe.eval.headline]["accuracy"]
+    print(f"{recipe.name}: {recipe.eval.headline} accuracy {100 * head['mean']:.1f} +- {100 * head['std']:.1f} % "
+          f"over {head['n']} fold(s); results in {Path(run_dir) / 'results.md'}", flush=True)
     return results
 
 

@@ -1,6 +1,6 @@
 """TF Serving's Predict API (REST and gRPC) over the SavedModel loaded in-process.
 
-No TensorFlow Serving binary can be had on the project's machines (DESIGN.md section 2), so
+No TensorFlow Serving binary can be had on the project's machines (BUILD_NOTES.md, "SavedModel and Serving"), so
 the REST and gRPC client code is tested against this stand-in: it reads ``models.config``,
 loads each model's version with `tf.saved_model.load`, feeds the request's tensors to the
 named signature and builds the response the way Serving does (row format -> "predictions",
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from keras_mgc.contract import SIGNATURE
 
 
 class RequestError(ValueError):
@@ -80,7 +82,7 @@ class ModelServer:
             version = max(versions)
         if version not in versions:
             raise RequestError("NOT_FOUND", f"Servable not found for request: Specific({model_name}, {version})")
-        signature_name = signature_name or "serving_default"
+        signature_name = signature_name or SIGNATURE
         signatures = versions[version].signatures
         if signature_name not in signatures:
             raise RequestError("INVALID_ARGUMENT", f'Serving signature key "{signature_name}" not found.')
@@ -133,7 +135,7 @@ class ModelServer:
                 raise RequestError("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from None
             if not isinstance(request, dict):
                 raise RequestError("INVALID_ARGUMENT", "JSON Value: not an object")
-            signature_name = request.get("signature_name", "serving_default")
+            signature_name = request.get("signature_name", SIGNATURE)
             inputs, row_format = self._rest_inputs(name, version, signature_name, request)
             outputs, _, _ = self.predict(name, inputs, signature_name, version)
         except RequestError as exc:

@@ -22,10 +22,14 @@ import tensorflow as tf
 
 from keras_mgc.config import OptimizerConfig, Recipe, ScheduleConfig
 from keras_mgc.data.pipeline import ClipStore, CropSampler, distributed_training_input, training_dataset
-from keras_mgc.data.sources import Fold, PreparedData
-from keras_mgc.evaluation import Predictor
+from keras_mgc.data.prepare import Fold, PreparedData
 from keras_mgc.io import atomic_path, read_json, write_json
 from keras_mgc.models import build_model
+from keras_mgc.scoring import Predictor
+from keras_mgc.windows import crop_length
+
+__all__ = ["TrainingDiverged", "resolve_precision", "make_strategy", "learning_rate_at", "make_optimizer",
+           "WholeClipValidation", "RunState", "fold_seed", "train_fold"]
 
 log = logging.getLogger("keras_mgc")
 
@@ -273,10 +277,3 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
     return {"seed": seed, "best_epoch": state.best_epoch, "val_accuracy": state.best if fold.valid else None,
             "monitor": state.monitor, "epochs_run": len(state.history), "resumed_from_epoch": initial_epoch,
             "steps_per_epoch": sampler.steps_per_epoch, "history": state.history}
-
-
-def crop_length(recipe: Recipe) -> int:
-    """Training crop in the model's input unit: samples for audio, frames for mels."""
-    if recipe.model.input == "mel":
-        return 1 + recipe.data.crop_samples // recipe.model.frontend.hop_length
-    return recipe.data.crop_samples
