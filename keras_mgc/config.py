@@ -285,7 +285,18 @@ MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {
 
 
 def _backbone_tag(value: Any) -> str:
-    name = value.get("backbone", "ecapa_tdnn") if isinstance(value, dict) else getattr(value, "backbone", None)
+    """The config class of a `model:` mapping: its `backbone`, else its preset's, else ECAPA-TDNN."""
+    if not isinstance(value, dict):
+        name = getattr(value, "backbone", None)
+    elif "backbone" in value:
+        name = value["backbone"]
+    else:
+        name = "ecapa_tdnn"
+        if isinstance(value.get("preset"), str):
+            from keras_mgc import presets
+
+            if value["preset"] in presets.PRESETS:  # an unknown name is reported by the preset expansion
+                name = presets.get(value["preset"]).model.get("backbone", "ecapa_tdnn")
     return name if isinstance(name, str) else ""
 
 
@@ -357,12 +368,18 @@ class OptimizerConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Cosine annealing per epoch to `min_learning_rate`; SGDR restarts when `restart_period` is set."""
+    """Cosine annealing per epoch to `min_learning_rate`; SGDR restarts when `restart_period` is set.
 
-    name: Literal["cosine", "constant"] = "cosine"
+    `step` multiplies the rate by `gamma` every `step_size` epochs (torch StepLR, the authors'
+    Melon baselines).
+    """
+
+    name: Literal["cosine", "constant", "step"] = "cosine"
     min_learning_rate: Annotated[float, Field(ge=0)] = 1e-6
     restart_period: PositiveInt | None = None  # epochs of the first SGDR cycle (T_0)
     restart_mult: PositiveInt = 1  # T_mult
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.95  # for name: step
+    step_size: PositiveInt = 1  # for name: step
 
 
 class TrainConfig(_Section):
