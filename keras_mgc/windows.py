@@ -10,6 +10,9 @@
 - `window_starts` / `Windower`: the tagger's streaming windows (`keras_mgc.tag`): every
   `hop` samples from 0, plus one window aligned to the end when the regular ones stop
   short; a clip shorter than one window is looped to fill it.
+- `covering_windows`: windows of one fixed length that cover a whole clip (the tagger's
+  windows with hop = window): whole-clip evaluation of a model built for one input length
+  (VGG) averages over them.
 - `crop_length`: the crop of a recipe in its input's units (samples, or mel frames).
 
 Why wrap-padding and looping rather than zeros: the front end subtracts each mel bin's mean
@@ -23,6 +26,8 @@ below what the model saw in training (numbers in `keras_mgc.tag`'s docstring).
 [0, 20, 40, 60]
 >>> window_starts(10, 4, 3)
 [0, 3, 6]
+>>> covering_windows(np.arange(10), 4).tolist()
+[[0, 1, 2, 3], [4, 5, 6, 7], [6, 7, 8, 9]]
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, crop_frames
 
-__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "Windower", "crop_length"]
+__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "covering_windows", "Windower", "crop_length"]
 
 
 def crop(clip: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -67,6 +72,18 @@ def window_starts(n: int, window: int, hop: int) -> list[int]:
     if starts[-1] + window < n:
         starts.append(n - window)
     return starts
+
+
+def covering_windows(clip: np.ndarray, size: int) -> np.ndarray:
+    """(n, size[, bins]) windows of exactly `size` that together cover the whole clip.
+
+    Back to back from the start, the last one aligned to the end (`window_starts` with hop =
+    window); a clip shorter than `size` is wrap-padded into one window. A model whose input
+    length is fixed sees the whole clip this way, each part once (the end-aligned window
+    overlaps its neighbour).
+    """
+    clip = np.asarray(clip)
+    return np.stack([crop(clip, start, size) for start in window_starts(clip.shape[0], size, size)])
 
 
 class Windower:

@@ -57,9 +57,7 @@ def baseline_runs(tmp_path_factory) -> dict[str, Path]:
         path = out / f"tiny_{backbone}.yaml"
         path.write_text(yaml.safe_dump(_recipe(backbone)))
         recipes.append(str(path))
-    script = out / "train_all.py"
-    script.write_text(TRAIN_ALL)
-    proc = subprocess.run([sys.executable, str(script), str(out / "runs"), *recipes], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-c", TRAIN_ALL, str(out / "runs"), *recipes], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
