@@ -225,7 +225,7 @@ class ResNetConfig(_ImageBackboneConfig):
     stage_channels: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512])
     blocks: list[PositiveInt] | None = None  # None: the network's own depths (DEPTHS)
     stage_stride: PositiveInt = 2  # the authors stride every stage, the first included
-    se_reduction: PositiveInt = 8  # se_resnet34 only
+    se_reduction: PositiveInt | None = None  # se_resnet34 only; None: 8, the authors' reduction
 
     @model_validator(mode="after")
     def _check(self) -> "ResNetConfig":
@@ -233,12 +233,18 @@ class ResNetConfig(_ImageBackboneConfig):
             key = "blocks" if self.blocks is not None else "stage_channels"
             raise ValueError(f"{key}: {len(self.stage_channels)} stage widths but {len(self.stage_blocks())} block "
                              "counts (set blocks to one count per stage)")
-        if "se_reduction" in self.model_fields_set and not self.backbone.startswith("se_"):
+        if self.se_reduction is not None and not self.backbone.startswith("se_"):
             raise ValueError(f"se_reduction: backbone '{self.backbone}' has no squeeze-excitation (se_resnet34 has)")
         return self
 
     def stage_blocks(self) -> list[int]:
         return list(self.blocks) if self.blocks is not None else self.DEPTHS[self.backbone]
+
+    def squeeze_excitation(self) -> int | None:
+        """The SE reduction of each block (None: no SE blocks)."""
+        if not self.backbone.startswith("se_"):
+            return None
+        return self.se_reduction or 8
 
 
 class VGGConfig(_ImageBackboneConfig):

@@ -151,7 +151,7 @@ def build_resnet_backbone(cfg: ResNetConfig, name: str = "backbone") -> keras.Mo
     h = batch_norm(sync, name="stem_bn")(keras.layers.ReLU(name="stem_relu")(h))
     h = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(h)
     in_channels = stem
-    se = cfg.se_reduction if cfg.backbone.startswith("se_") else None
+    se = cfg.squeeze_excitation()
     for stage, (channels, blocks) in enumerate(zip(cfg.stage_channels, cfg.stage_blocks()), start=1):
         for j in range(blocks):
             stride = cfg.stage_stride if j == 0 else 1
