@@ -18,8 +18,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from keras_mgc.windows import covering_windows
 
 from tests.conftest import REPO_ROOT, run_cli
 
@@ -86,9 +89,12 @@ def test_export_to_savedmodel_tflite_onnx_within_the_ecapa_thresholds(baseline_r
                    "--eval-clips", "6", "--representative-crops", "4", "--latency-runs", "0")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     report = json.loads((run / "export" / "report.json").read_text())
-    text = json.dumps(report)
-    for artifact in ("saved_model", "float32", "dynamic_int8", "onnx"):
-        assert artifact in text
+    built = {(a["format"], a["precision"]) for a in report["artifacts"]}
+    assert {("saved_model", "float32"), ("tflite", "float32"), ("tflite", "dynamic_int8")} <= built
+    assert any(fmt == "onnx" for fmt, _ in built)
+    assert all(a["passed"] for a in report["artifacts"]), [a["failures"] for a in report["artifacts"]]
+    saved_model = next(a for a in report["artifacts"] if a["format"] == "saved_model")
+    assert saved_model["thresholds"]["max_abs_diff"] == 1e-4  # the exporter's float32 threshold, as for ECAPA
     if backbone == "vgg":  # the fixed length is declared in the artifacts
         from ai_edge_litert.interpreter import Interpreter
 
@@ -102,4 +108,7 @@ def test_export_to_savedmodel_tflite_onnx_within_the_ecapa_thresholds(baseline_r
         doc = json.loads(tag.stdout)
         assert doc["window"] == pytest.approx(CROP / 22050, abs=1e-5)
         (result,) = doc["results"]
-        assert result["windows"] >= 5 and sum(result["probabilities"]) == pytest.approx(1, abs=1e-4)
+        assert result["windows"] >= 5 and sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        # Export verification fed each evaluation clip as its covering windows (more rows than clips).
+        whole = saved_model["entries"]["waveform"]["by_input"]["whole"]["n"]
+        assert whole == 6 * len(covering_windows(np.zeros(2 * 22050), CROP)) > report["evaluation"]["n_clips"] == 6
