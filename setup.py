@@ -14,6 +14,7 @@ CORE = [
     "PyYAML==6.0.4",
     "pydantic==2.14.4",
     "matplotlib==3.11.2",
+    "tqdm==4.70.1",  # the tagger's progress bar (also a dependency of ai-edge-litert)
 ]
 EXPORT = [
     "tf2onnx==1.17.0",
@@ -21,7 +22,9 @@ EXPORT = [
     "onnxruntime==1.32.0",
     "ai-edge-litert==2.3.0",
 ]
-TESTS = ["pytest==9.2.0", "hypothesis==6.170.17"]
+# selenium drives Debian's chromium + chromium-driver in tests/test_web.py (apt: scripts/install-test-deps);
+# 4.50.0 because 4.52.0 needs a certifi newer than the package index has.
+TESTS = ["pytest==9.2.0", "hypothesis==6.170.17", "selenium==4.50.0"]
 
 setup(
     name="keras-mgc",
@@ -37,6 +40,7 @@ setup(
         "tests": TESTS + EXPORT,
         # The on-device tagger needs only these (no TensorFlow): pip install --no-deps keras-mgc
         # then pip install "keras-mgc[tagger]" on a device image.
-        "tagger": ["numpy", "soundfile", "soxr", "ai-edge-litert==2.3.0"],
+        # matplotlib only for --plot.
+        "tagger": ["numpy", "soundfile", "soxr", "ai-edge-litert==2.3.0", "tqdm==4.70.1"],
     },
 )

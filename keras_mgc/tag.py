@@ -1,7 +1,10 @@
 """On-device genre tagger: a LiteRT (TFLite) model over sliding windows of any audio file.
 
     python -m keras_mgc.tag SONG... --model model.tflite [--top-k 3] [--window 2.01]
-                            [--hop 1.0] [--timeline] [--json] [--threads N] [--batch N]
+                            [--hop 1.0] [--timeline] [--format text|json|csv]
+                            [--output FILE.csv|FILE.json|DIR] [--segments
+                            [--min-segment 10] [--hysteresis 0.1]] [--plot FILE.png|DIR]
+                            [--threads N] [--batch N]
 
 Runs with only NumPy, soundfile, soxr and ai-edge-litert installed: this module never
 imports TensorFlow or Keras (tests/test_tag.py checks ``sys.modules`` after tagging).
@@ -50,6 +53,9 @@ Whole-song result
     test-time augmentation sums the softmax outputs of 16 crops: the same ranking. The
     embedding, when the model has one, is the mean of the window embeddings.
 
+Output (formats, batch files that resume, segments, label tracks, plots): see
+`keras_mgc.tag_output`; the segment algorithm: `keras_mgc.segments`.
+
 Exit codes: 0 every file tagged; 1 some file could not be tagged (one message per file
 on stderr naming it and why; the other files are still tagged and printed); 2 usage
 error (bad arguments, missing or unusable model, missing metadata).
@@ -65,6 +71,7 @@ Python API (with an exported model and a song at hand)::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import numbers
@@ -83,10 +90,23 @@ import numpy as np
 from keras_mgc.audio import AUDIO_EXTENSIONS, AudioError, TruncatedAudioWarning, find_audio_files, stream_audio
 from keras_mgc.contract import (DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, EMBEDDING, PROBABILITIES, SIGNATURE,
                                 WAVEFORM_INPUT, ContractError, check_signatures)
+from keras_mgc.segments import DEFAULT_HYSTERESIS, DEFAULT_MIN_SEGMENT, Segment, segment_windows
+from keras_mgc.tag_output import (
+    FORMATS,
+    Header,
+    OutputError,
+    Progress,
+    ResultWriter,
+    Song,
+    check_names,
+    destination,
+    plot_path,
+    plot_timeline,
+)
 from keras_mgc.windows import Windower
 
 __all__ = ["DEFAULT_HOP", "DEFAULT_TOP_K", "DEFAULT_BATCH", "MIN_WINDOW_SECONDS", "BLOCK_SECONDS", "MAX_BATCH_SAMPLES",
-           "TaggerError", "ModelMetadata", "load_metadata", "TagResult", "Tagger", "build_parser", "main"]
+           "TaggerError", "ModelMetadata", "load_metadata", "TagResult", "error_dict", "Tagger", "build_parser", "main"]
 
 DEFAULT_HOP = 1.0
 DEFAULT_TOP_K = 3
@@ -234,8 +254,13 @@ class TagResult:
         """(start in seconds, top-k classes) for every window, in time order."""
         return [(float(s), self.top_classes(k, p)) for s, p in zip(self.window_starts, self.window_probabilities)]
 
-    def as_dict(self, timeline: bool = False, digits: int = 6) -> dict[str, Any]:
-        """The JSON form (probabilities rounded to `digits`)."""
+    def segments(self, hysteresis: float = DEFAULT_HYSTERESIS, min_segment: float = DEFAULT_MIN_SEGMENT) -> list[Segment]:
+        """Genre segments of the song (`keras_mgc.segments`: the algorithm the browser page shares)."""
+        return segment_windows(self.window_probabilities, self.window_starts, self.window, self.hop,
+                               self.duration, self.class_names, hysteresis, min_segment)
+
+    def as_dict(self, timeline: bool = False, digits: int = 6, segments: list[Segment] | None = None) -> dict[str, Any]:
+        """The JSON form (probabilities rounded to `digits`; times to 3 decimals)."""
 
         def tops(pairs: list[tuple[str, float]]) -> list[dict[str, Any]]:
             return [{"label": label, "probability": round(p, digits)} for label, p in pairs]
@@ -252,7 +277,20 @@ class TagResult:
         }
         if timeline:
             out["timeline"] = [{"start": round(s, 3), "top": tops(t)} for s, t in self.timeline()]
+        if segments is not None:
+            out["segments"] = [s.as_dict(digits) for s in segments]
         return out
+
+
+def error_dict(path: str, reason: str, timeline: bool = False, segments: bool = False) -> dict[str, Any]:
+    """The JSON form of a song that could not be tagged (the same keys as `TagResult.as_dict`)."""
+    out: dict[str, Any] = {"file": path, "duration": None, "windows": 0, "top": [], "probabilities": None,
+                           "notes": [], "seconds": None, "error": reason}
+    if timeline:
+        out["timeline"] = []
+    if segments:
+        out["segments"] = []
+    return out
 
 
 # --------------------------------------------------------------------------- the tagger
@@ -527,39 +565,24 @@ class Tagger:
 # --------------------------------------------------------------------------- command line
 
 
-def _expand(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
-    """(path, problem) for every song argument; a directory gives its audio files, sorted."""
+def _expand(paths: Sequence[str]) -> Iterator[tuple[Song, str | None]]:
+    """(song, problem) for every song argument; a directory gives its audio files, sorted.
+
+    A song's name (for per-song output files) is its path below the directory argument, or
+    the file name of a file argument.
+    """
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
             found = find_audio_files(p)
             if not found:
-                yield arg, "directory holds no audio files (by extension: " + " ".join(sorted(AUDIO_EXTENSIONS)) + ")"
+                yield Song(arg, p.name or arg), (
+                    "directory holds no audio files (by extension: " + " ".join(sorted(AUDIO_EXTENSIONS)) + ")"
+                )
             for f in found:
-                yield os.fspath(f), None
+                yield Song(os.fspath(f), f.relative_to(p).as_posix()), None
         else:
-            yield arg, None
-
-
-def _format_top(pairs: list[tuple[str, float]], width: int) -> str:
-    return "  ".join(f"{label:<{width}} {p:.3f}" for label, p in pairs)
-
-
-def _print_text(result: TagResult, timeline: bool, out: Any) -> None:
-    width = max(len(c) for c in result.class_names)
-    out.write(
-        f"{result.source}: {result.duration:.2f} s, {result.windows} window{'s' if result.windows != 1 else ''} "
-        f"of {result.window:.2f} s every {result.hop:.2f} s\n"
-    )
-    for label, p in result.top:
-        out.write(f"  {label:<{width}}  {p:.3f}\n")
-    for note in result.notes:
-        out.write(f"  note: {note}\n")
-    if timeline:
-        out.write(f"  timeline (window start, top {result.top_k}):\n")
-        for start, pairs in result.timeline():
-            out.write(f"    {start:8.2f} s  {_format_top(pairs, width)}\n")
-    out.flush()
+            yield Song(arg, p.name or arg), None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,8 +598,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--top-k", type=int, default=DEFAULT_TOP_K, help="classes to print (default %(default)s)")
     add("--window", type=float, default=None, help="window length in seconds (default: the training crop, 2.01 s)")
     add("--hop", type=float, default=DEFAULT_HOP, help="seconds between window starts (default %(default)s)")
-    add("--timeline", action="store_true", help="also print every window's start time and top-k")
-    add("--json", action="store_true", help="print one JSON document with every file's result")
+    add("--timeline", action="store_true", help="also give every window's start time and top-k")
+    add("--format", choices=FORMATS, default=None,
+        help="text (default), json or csv; with --output FILE.json/.csv the suffix decides")
+    add("--json", action="store_true", help="the same as --format json")
+    add("--output", metavar="FILE|DIR",
+        help="FILE.csv or FILE.json: one table/document for the batch; any other name: a folder with one "
+             "result file per song. Songs already in it are skipped (resume); default stdout")
+    add("--segments", action="store_true",
+        help="merge windows into genre segments (JSON/CSV/text; an Audacity label track per song in a folder)")
+    add("--min-segment", type=float, default=DEFAULT_MIN_SEGMENT, metavar="SECONDS",
+        help="shortest segment kept; shorter ones merge into a neighbour (default %(default)s)")
+    add("--hysteresis", type=float, default=DEFAULT_HYSTERESIS, metavar="P",
+        help="probability lead a new genre needs over the current one to start a segment (default %(default)s)")
+    add("--plot", metavar="FILE.png|DIR",
+        help="draw the genre timeline (stacked probabilities, segment boundaries): FILE.png for one song, "
+             "else a folder of <name>.png")
+    add("--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar on stderr (default: for more than a few files, when stderr is a terminal)")
     add("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     add("--batch", type=int, default=DEFAULT_BATCH, help="windows per model invoke (default %(default)s)")
     return parser
@@ -593,6 +632,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name} must be a positive number of seconds, got {value}")
     if args.window is not None and args.window < MIN_WINDOW_SECONDS:
         parser.error(f"--window must be at least {MIN_WINDOW_SECONDS} s, got {args.window}")
+    if not (math.isfinite(args.min_segment) and args.min_segment >= 0):
+        parser.error(f"--min-segment must be a number of seconds >= 0, got {args.min_segment}")
+    if not (math.isfinite(args.hysteresis) and 0 <= args.hysteresis <= 1):
+        parser.error(f"--hysteresis must be a probability difference in [0, 1], got {args.hysteresis}")
+    if args.json:
+        if args.format not in (None, "json"):
+            parser.error(f"--json contradicts --format {args.format}")
+        args.format = "json"
+    try:
+        kind, fmt, out_path = destination(args.output, args.format)
+    except OutputError as exc:
+        parser.error(str(exc))
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib (pip install matplotlib==3.11.2); the tagger itself does not")
     try:
         tagger = Tagger(args.model, labels=args.labels, threads=args.threads, batch=args.batch)
     except TaggerError as exc:
@@ -600,44 +653,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     window_samples, hop_samples = tagger._window_samples(args.window, args.hop)
-    results: list[dict[str, Any]] = []
-    failed = 0
-    for path, problem in _expand(args.songs):
-        try:
-            if problem:
-                raise AudioError(path, problem)
-            result = tagger.tag(path, top_k=args.top_k, window=args.window, hop=args.hop)
-        except AudioError as exc:
-            failed += 1
-            reason = exc.reason
-        except (TaggerError, RuntimeError, OSError, MemoryError) as exc:
-            failed += 1
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            if args.json:
-                results.append(result.as_dict(timeline=args.timeline))
-            else:
-                _print_text(result, args.timeline, sys.stdout)
-            continue
-        print(f"{_PROG}: error: {path}: {reason}", file=sys.stderr, flush=True)
-        if args.json:
-            results.append({"file": path, "duration": None, "windows": 0, "top": [], "probabilities": None,
-                            "notes": [], "seconds": None, "error": reason})
+    options = (args.hysteresis, args.min_segment)
+    header = Header(
+        model=os.fspath(tagger.model_path),
+        class_names=tagger.class_names,
+        sample_rate=tagger.sample_rate,
+        window=window_samples / tagger.sample_rate,
+        hop=hop_samples / tagger.sample_rate,
+        top_k=min(args.top_k, len(tagger.class_names)),
+        segments=options if args.segments else None,
+        timeline=args.timeline,
+    )
+    songs = list(_expand(args.songs))
+    single = len(songs) == 1
+    try:
+        writer = ResultWriter(kind, fmt, out_path, header)
+        plots = {s.path: plot_path(args.plot, s, single) for s, _ in songs} if args.plot else {}
+    except OutputError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    clashes = check_names([s for s, _ in songs]) if kind == "dir" or (plots and not single) else {}
 
-    if args.json:
-        document = {
-            "model": os.fspath(tagger.model_path),
-            "class_names": list(tagger.class_names),
-            "sample_rate": tagger.sample_rate,
-            "window": round(window_samples / tagger.sample_rate, 6),
-            "hop": round(hop_samples / tagger.sample_rate, 6),
-            "top_k": min(args.top_k, len(tagger.class_names)),
-            "files": len(results),
-            "failed": failed,
-            "results": results,
-        }
-        json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+    failed = skipped = 0
+    progress = Progress(len(songs), args.progress)
+    try:
+        for song, problem in songs:
+            problem = problem or clashes.get(song.path)
+            plot = plots.get(song.path)
+            if not problem and writer.done(song) and (plot is None or plot.is_file()):
+                skipped += 1
+                progress.update(skipped=skipped)
+                continue
+            try:
+                if problem:
+                    raise AudioError(song.path, problem)
+                result = tagger.tag(song.path, top_k=args.top_k, window=args.window, hop=args.hop)
+                segments = result.segments(*options) if args.segments or plot else None
+                if plot is not None:
+                    plot_timeline(result, segments or [], plot)
+                shown = segments if args.segments else None
+                writer.add(song, result.as_dict(timeline=args.timeline, segments=shown), result, shown)
+            except AudioError as exc:
+                reason = exc.reason
+            except (TaggerError, RuntimeError, OSError, MemoryError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                progress.update()
+                continue
+            failed += 1
+            progress.message(f"{_PROG}: error: {song.path}: {reason}")
+            writer.add(song, error_dict(song.path, reason, args.timeline, args.segments))
+            progress.update()
+    finally:
+        progress.close()
+        try:
+            writer.close()
+        except OSError as exc:
+            print(f"{_PROG}: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            failed += 1
+    if skipped:
+        print(f"{_PROG}: {skipped} file{'s' if skipped != 1 else ''} already in {args.output}: skipped",
+              file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -9,7 +9,8 @@
   exporter's verification (`keras_mgc.export.clips.crops`).
 - `window_starts` / `Windower`: the tagger's streaming windows (`keras_mgc.tag`): every
   `hop` samples from 0, plus one window aligned to the end when the regular ones stop
-  short; a clip shorter than one window is looped to fill it.
+  short; a clip shorter than one window is looped to fill it. The browser page does the
+  same in JavaScript (web/js/windows.js, checked against this in tests/test_web.py).
 - `covering_windows`: windows of one fixed length that cover a whole clip (the tagger's
   windows with hop = window): whole-clip evaluation of a model built for one input length
   (VGG) averages over them.

@@ -1,7 +1,7 @@
 """The on-device tagger (keras_mgc.tag): LiteRT model over sliding windows of real music.
 
-The test model is a small CCS ECAPA trained a few steps on real GTZAN crops and converted
-to TFLite by tests/tflite_fixtures.py (TensorFlow is fine here; the tagger must not use it).
+The test model (the `tag_model` fixture in tests/conftest.py) is a small CCS ECAPA trained
+briefly on real GTZAN crops and converted to TFLite by tests/tflite_fixtures.py (TensorFlow is fine here; the tagger must not use it).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from keras_mgc.tag import (
     main,
 )
 from keras_mgc.windows import Windower, window_starts
-from tests.tflite_fixtures import CROP, GENRES, SAMPLE_RATE, build_test_model, build_toy_model, write_metadata
+from tests.tflite_fixtures import CROP, GENRES, SAMPLE_RATE, build_toy_model, write_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MP3S = ["afrobeat", "bossa_nova", "cumbia", "samba", "techno", "trance"]
@@ -41,16 +41,6 @@ WALTZ = "ballroom-waltz-Media-105901.wav"
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def tag_model(tmp_path_factory, request):
-    """The small model, trained on GTZAN tracks 1-4 when the shared data is there (random otherwise)."""
-    try:
-        gtzan = request.getfixturevalue("shared_data") / "gtzan-mini"
-    except pytest.skip.Exception:
-        gtzan = None
-    return build_test_model(tmp_path_factory.mktemp("tag_model"), gtzan)
 
 
 @pytest.fixture(scope="session")

@@ -44,10 +44,13 @@ def _crops(clips: list[np.ndarray], rng: np.random.Generator, per_clip: int) -> 
     return np.stack(out).astype(np.float32)
 
 
-def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, seed: int = 0) -> TestModel:
+def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, seed: int = 0,
+                     onnx_dir: Path | None = None) -> TestModel:
     """Build a small CCS ECAPA, train it a few steps on real GTZAN crops (if given), convert it.
 
-    Writes out_dir/model_float32.tflite, model_float32.json and labels.txt.
+    Writes out_dir/model_float32.tflite, model_float32.json and labels.txt; with `onnx_dir`,
+    also the exporter's ONNX waveform model of the same weights there (model.onnx, model.json,
+    labels.txt), as the browser page loads it.
     """
     import keras
 
@@ -94,6 +97,13 @@ def build_test_model(out_dir: Path, gtzan: Path | None = None, steps: int = 12, 
     path = out_dir / "model_float32.tflite"
     path.write_bytes(flatbuffer)
     write_metadata(path, GENRES)
+    if onnx_dir is not None:
+        from keras_mgc.export.onnx_export import convert
+
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        onnx_path = onnx_dir / "model.onnx"
+        onnx_path.write_bytes(convert(models, "waveform"))
+        write_metadata(onnx_path, GENRES)
     return TestModel(path=path, class_names=list(GENRES), keras_model=serving)
 
 
