@@ -5,6 +5,7 @@ The authors' ResNets and VGG normalise each mel bin over time with `nn.InstanceN
 as a one-channel image.
 
 Example:
+    >>> import numpy as np
     >>> mel = np.random.default_rng(0).normal(3.0, 2.0, (2, 100, 48)).astype("float32")
     >>> normed = np.asarray(instance_norm(48)(mel))
     >>> bool(np.allclose(normed.mean(axis=1), 0, atol=1e-5)), bool(np.allclose(normed.std(axis=1), 1, atol=1e-3))
