@@ -3,7 +3,12 @@
 Exit codes: 0 exported and verified; 1 an artifact failed to build or missed its threshold
 (the artifacts go to ``<out>.failed/`` with the report); 2 bad arguments or inputs (nothing
 written); 3 exported and verified, but some evaluation/representative files were skipped
-(each reported on stderr and in the report); 130 interrupted.
+(each reported on stderr and in the report); 4 the disk filled up (nothing was published;
+free space and run the same command); 130 interrupted.
+
+The destination is locked while the export runs (keras_mgc.runlock): inside a run folder
+(the default ``<run>/export``) with the run folder's own lock, so a run that is still
+training, or another export into it, makes this one stop at once (exit 2).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from keras_mgc.export import ExportError
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained genre classifier (SavedModel for TF Serving, TFLite, ONNX) and prove each "
                     "artifact equal to the Keras model on real clips.",
         epilog="Exit codes: 0 ok; 1 an artifact failed (written to OUT.failed/); 2 bad arguments or inputs; "
-               "3 ok but some input files were skipped; 130 interrupted.",
+               "3 ok but some input files were skipped; 4 disk full; 130 interrupted.",
     )
     src = p.add_argument_group("what to export (either --run, or --model with --recipe and --classes)")
     src.add_argument("--run", type=Path, help="run directory written by keras_mgc.train")
@@ -84,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_SOURCE: list[str] = []  # the checkpoint being exported, for the full-disk message
+
+
+def _guarded(main: Callable[..., int]) -> Callable[..., int]:
+    from keras_mgc.io import disk_full_guard
+
+    return disk_full_guard("export", lambda: _SOURCE[0] if _SOURCE else None)(main)
+
+
+@_guarded
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -110,16 +126,34 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"{name} is too small")
 
     from keras_mgc.export import run as run_mod
+    from keras_mgc.runlock import RunLockedError, lock_for_output
+
+    if args.run is not None and not args.run.is_dir():
+        return fail(f"run directory not found: {args.run}")
+    out = args.out or (args.run / "export" if args.run is not None else args.model.parent / "export")
+    lock = lock_for_output(out, run_mod.command_line(argv), run_dir=args.run)
+    try:
+        lock.acquire()
+    except RunLockedError as exc:
+        return fail(str(exc))
+    try:
+        return _export(args, argv, out, fail, formats)
+    finally:
+        lock.release()
+
+
+def _export(args: argparse.Namespace, argv: list[str], out: Path, fail: Callable[[str], int],
+            formats: tuple[str, ...]) -> int:
+    from keras_mgc.export import run as run_mod
     from keras_mgc.export import trained_model
     from keras_mgc.export import verify
 
     try:
         if args.run is not None:
             src = trained_model.from_run(args.run, args.fold)
-            out = args.out or args.run / "export"
         else:
             src = trained_model.from_files(args.model, args.recipe, args.classes)
-            out = args.out or args.model.parent / "export"
+        _SOURCE[:] = [str(src.checkpoint)]
         min_agreement = dict(verify.MIN_AGREEMENT) | (args.min_agreement or {})
         unknown = set(min_agreement) - set(verify.MIN_AGREEMENT)
         if unknown:

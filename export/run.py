@@ -113,6 +113,22 @@ def default_model_name(source: ExportSource) -> str:
     return name or "genre_classifier"
 
 
+def _raise_if_disk_full(exc: BaseException, where: Path) -> None:
+    """A full disk stops the whole export (nothing is published), never one artifact.
+
+    `where` (the artifact being built) names it when the writer did not (TensorFlow's
+    SavedModel writer under the TFLite converter reports only its message).
+    """
+    from keras_mgc.io import DiskFullError, disk_full_cause
+
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return
+    if isinstance(exc, DiskFullError) or cause.filename:
+        raise exc
+    raise DiskFullError(where, cause.errno) from exc
+
+
 def _err(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text if len(text) < 4000 else text[:4000] + " ..."
@@ -246,6 +262,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
             art.details["signatures"] = saved_model.signature_summary(art.path)
             art.runner = verify.SavedModelRunner(art.path)
         except Exception as exc:
+            _raise_if_disk_full(exc, stage / art.name)
             art.error = _err(exc)
             log(f"FAILED {art.name}: {art.error}")
         artifacts.append(art)
@@ -275,6 +292,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                     kio.write_bytes(art.path, flatbuffer)
                     art.runner = verify.TFLiteRunner(art.path, threads=1)
                 except Exception as exc:
+                    _raise_if_disk_full(exc, stage / art.name)
                     art.error = _err(exc)
                     log(f"FAILED {art.name}: {art.error}")
                 artifacts.append(art)
@@ -295,6 +313,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
                 kio.write_bytes(art.path, data)
                 art.runner = verify.ONNXRunner({entry: art.path}, threads=1)
             except Exception as exc:
+                _raise_if_disk_full(exc, stage / art.name)
                 art.error = _err(exc)
                 log(f"FAILED {art.name}: {art.error}")
             artifacts.append(art)
@@ -320,6 +339,7 @@ def _evaluate(art: Artifact, opts: ExportOptions, inputs: verify.EvalInputs, ref
             art.latency_ms = verify.measure_latency(art.runner, x, list(opts.latency_threads), opts.latency_runs,
                                                     entry)
     except Exception as exc:
+        _raise_if_disk_full(exc, art.path or Path(art.name))
         art.error = f"verification failed: {_err(exc)}"
         log(f"FAILED {art.name}: {art.error}\n{traceback.format_exc(limit=3)}")
     for failure in art.failures:

@@ -44,7 +44,15 @@ class ExportSource:
     def crop_samples(self) -> int:
         from keras_mgc.config import DataConfig
 
-        value = (self.recipe.get("data") or {}).get("crop_samples")
+        data = self.recipe.get("data") or {}
+        if data.get("crop_seconds") is not None:  # a crop in seconds is samples at the model's rate
+            from keras_mgc.windows import seconds_to_samples
+
+            try:
+                return seconds_to_samples(float(data["crop_seconds"]), self.sample_rate)
+            except ValueError as exc:
+                raise ExportError(f"recipe {self.recipe_path}: data.crop_seconds: {exc}") from None
+        value = data.get("crop_samples")
         return int(value if value is not None else DataConfig.model_fields["crop_samples"].default)
 
     @property

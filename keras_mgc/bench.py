@@ -40,6 +40,7 @@ import numpy as np
 
 from keras_mgc import presets
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE
+from keras_mgc.environment import cpu_flags
 from keras_mgc.timing import timings
 
 CLIP_SAMPLES = 30 * DEFAULT_SAMPLE_RATE
@@ -75,7 +76,7 @@ def peak_rss_mb() -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    from keras_mgc.environment import cpu_flags, environment
+    from keras_mgc.environment import environment
 
     info = environment()
     flags = cpu_flags()
@@ -260,13 +261,16 @@ WORKERS = {"peak": work_peak, "flops": work_flops, "keras": work_keras, "trainin
            "pipeline": work_pipeline, "artifacts": work_artifacts, "runtime": work_runtime}
 
 
-def run_worker(job: dict[str, Any], timeout: int = 3600) -> dict[str, Any]:
-    """Run one measurement in a fresh process with the job's thread count; its JSON result."""
+def run_worker(job: dict[str, Any], timeout: int = 3600, module: str = "keras_mgc.bench") -> dict[str, Any]:
+    """Run one measurement in a fresh process with the job's thread count; its JSON result.
+
+    `module` is the benchmark module whose `--worker` runs the job (keras_mgc.bench_scale too).
+    """
     # Threads are set inside the worker (TF's config, LiteRT's and ONNX Runtime's options).
     # Not OMP_NUM_THREADS: with it set, TF's oneDNN kernels trained #8 at 6.3 crops/s
     # instead of 11.6 on this machine.
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "keras_mgc.bench", "--worker", json.dumps(job)],
+    proc = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(job)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -376,7 +380,7 @@ def _training(name: str, quick: bool) -> dict[str, Any]:
     import tensorflow as tf  # only to ask what devices exist
 
     precisions = ["float32"]
-    if "avx512_bf16" in _cpu_flags() or "amx_bf16" in _cpu_flags():
+    if "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags():
         precisions.append("mixed_bfloat16")
     if tf.config.list_physical_devices("GPU"):
         precisions.append("mixed_float16")

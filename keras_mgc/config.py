@@ -25,6 +25,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdap
                       model_validator)
 
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, HOP_LENGTH
+from keras_mgc.windows import seconds_to_samples
 
 __all__ = ["PositiveInt", "NonNegativeInt", "PositiveFloat", "PAPER_BANDS", "RecipeError", "FrontendConfig", "CCSConfig",
            "FSAConfig", "ModelConfigBase", "ECAPAConfig", "ModelConfig", "MODEL_CONFIGS", "DataConfig",
@@ -338,18 +339,33 @@ class DataConfig(_Section):
     max_skip_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None
+    # The training/TTA crop, in samples at the model's rate (model.frontend.sample_rate), or
+    # in seconds (crop_seconds, a whole number of samples at that rate; crop_samples then
+    # follows from it). 44,356 is the paper's 2.01 s at 22,050 Hz.
     crop_samples: PositiveInt = DEFAULT_CROP_SAMPLES
+    crop_seconds: PositiveFloat | None = None
+    # The rate and hop the dataset's own mel files were computed with (model.input: mel,
+    # i.e. Melon): the model's front end must match them, so that the exported waveform
+    # entry point computes the features it was trained on. Melon's files do not say; the
+    # project assumes the GTZAN front end's 22,050 Hz and hop 256 (BUILD_NOTES.md).
+    mel_sample_rate: PositiveInt = DEFAULT_SAMPLE_RATE
+    mel_hop_length: PositiveInt = HOP_LENGTH
     data_cycle: PositiveInt = 8
     synthetic_clips_per_class: PositiveInt = 12  # for dataset: synthetic
     synthetic_seconds: PositiveFloat = 6.0
+    # A folder written by `python -m keras_mgc.data.shard`: training then reads its TFRecord
+    # shards with tf.data (split, classes and clips all come from its manifest.json).
+    shards: str | None = None
+    shuffle_buffer: NonNegativeInt = 1024  # records; for data.shards (0 or 1: no record shuffle)
+    interleave_cycle: PositiveInt = 16  # shard files read at once per input pipeline, for data.shards
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
-        if self.dataset != "synthetic" and self.root is None:
+        if self.dataset != "synthetic" and self.root is None and self.shards is None:
             raise ValueError(f"root: dataset '{self.dataset}' needs a data folder (data.root or --data-dir)")
         if self.split == "lists" and self.split_dir is None:
             raise ValueError("split_dir: split 'lists' needs a folder of split lists")
-        for key in ("root", "split_dir"):
+        for key in ("root", "split_dir", "shards"):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -359,6 +375,8 @@ class DataConfig(_Section):
                 raise ValueError(f"{key}: not a usable path ({exc.__class__.__name__}: {exc})") from None
             if not exists:
                 raise ValueError(f"{key}: path does not exist: {value}")
+        if self.shards is not None and not (Path(self.shards) / "manifest.json").is_file():
+            raise ValueError(f"shards: {self.shards} holds no manifest.json (write it with python -m keras_mgc.data.shard)")
         return self
 
 
@@ -397,9 +415,17 @@ class TrainConfig(_Section):
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     deterministic: bool = True
-    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    # Which weights the test metrics use: best.keras, the epoch with the best validation
+    # accuracy (ties: lower validation loss) or loss (ties: higher accuracy), or "last":
+    # last.keras, the final epoch (best.keras is kept beside it either way).
+    monitor: Literal["val_accuracy", "val_loss", "last"] = "val_accuracy"
     nan_policy: Literal["stop"] = "stop"
     verbose: Literal[0, 1, 2] = 1
+
+    @property
+    def evaluated_checkpoint(self) -> str:
+        """The file name, in each fold folder, of the weights the test metrics use."""
+        return "last.keras" if self.monitor == "last" else "best.keras"
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -455,6 +481,30 @@ class Recipe(_Section):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @model_validator(mode="after")
+    def _check_rate(self) -> "Recipe":
+        """One sample rate from data to device: crops and mel files must agree with the model's."""
+        rate, hop = self.model.frontend.sample_rate, self.model.frontend.hop_length
+        data = self.data
+        if data.crop_seconds is not None:
+            try:
+                samples = seconds_to_samples(data.crop_seconds, rate)
+            except ValueError as exc:
+                raise ValueError(f"data.crop_seconds: {exc} (model.frontend.sample_rate); give a duration that is, "
+                                 f"or data.crop_samples (e.g. {round(data.crop_seconds * rate)})") from None
+            if "crop_samples" in data.model_fields_set and data.crop_samples != samples:
+                raise ValueError(f"data.crop_samples: {data.crop_samples} disagrees with data.crop_seconds="
+                                 f"{data.crop_seconds:g} ({samples} samples at {rate} Hz); give one of them")
+            data.crop_samples = samples
+        if self.model.input == "mel":
+            if (data.mel_sample_rate, data.mel_hop_length) != (rate, hop):
+                raise ValueError(
+                    f"model.frontend.sample_rate: the dataset's mel files were computed at {data.mel_sample_rate} Hz "
+                    f"with hop {data.mel_hop_length} (data.mel_sample_rate, data.mel_hop_length) but the model's front "
+                    f"end is {rate} Hz with hop {hop}; the exported model would compute other features than it was "
+                    "trained on")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

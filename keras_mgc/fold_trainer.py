@@ -23,13 +23,15 @@ import tensorflow as tf
 from keras_mgc.config import OptimizerConfig, Recipe, ScheduleConfig
 from keras_mgc.data.pipeline import ClipStore, CropSampler, distributed_training_input, training_dataset
 from keras_mgc.data.prepare import Fold, PreparedData
-from keras_mgc.io import atomic_path, read_json, write_json
+from keras_mgc.data.shard_input import ShardedData
+from keras_mgc.distributed import fix_keras_multi_worker, task_info
+from keras_mgc.io import atomic_path, read_json, require_space, write_json
 from keras_mgc.models import build_model
 from keras_mgc.scoring import Predictor
 from keras_mgc.windows import crop_length
 
 __all__ = ["TrainingDiverged", "resolve_precision", "make_strategy", "learning_rate_at", "make_optimizer",
-           "WholeClipValidation", "RunState", "fold_seed", "train_fold"]
+           "WholeClipValidation", "RunState", "save_model", "fold_seed", "train_fold", "weights_digest"]
 
 log = logging.getLogger("keras_mgc")
 
@@ -51,7 +53,10 @@ def resolve_precision(name: str) -> str:
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for `train.distribute` (auto: MirroredStrategy with several GPUs)."""
     gpus = tf.config.list_physical_devices("GPU")
-    if name == "multi_worker":
+    if name == "multi_worker":  # the cluster from TF_CONFIG, or from Slurm (keras_mgc.distributed)
+        from keras_mgc.distributed import configure_cluster
+
+        configure_cluster()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
@@ -119,21 +124,32 @@ class RunState(keras.callbacks.BackupAndRestore):
     So `best.keras` is always the model of the best epoch that state.json records, never
     one of an epoch that a kill cut short.
 
+    "Best" is the highest validation accuracy, ties broken by the lower validation loss
+    (monitor `val_accuracy`, and `last`, which evaluates last.keras but still keeps
+    best.keras), or the lowest validation loss, ties broken by the higher accuracy (monitor
+    `val_loss`). Without a validation fold every epoch is the best (the last one wins).
+
     A NaN or infinite training loss stops training at that step; non-finite weights or
     validation loss at the end of an epoch stop it too (a model that outputs NaN in
     inference while its training loss is still finite, e.g. after a huge learning-rate
     step). Nothing of that epoch is saved; it is raised as TrainingDiverged after `fit`.
     """
 
-    def __init__(self, fold_dir: str | Path, monitor: str | None = "val_accuracy") -> None:
+    def __init__(self, fold_dir: str | Path, monitor: str | None = "val_accuracy",
+                 restore_dir: str | Path | None = None) -> None:
         fold_dir = Path(fold_dir)
         super().__init__(backup_dir=str(fold_dir / "backup"), save_freq="epoch", delete_checkpoint=False)
         self.fold_dir, self.monitor = fold_dir, monitor
+        # A non-chief worker writes into its own temporary fold_dir but resumes from the
+        # chief's backup (restore_dir), so that every worker restarts at the same epoch.
+        self.restore_dir = Path(restore_dir) if restore_dir is not None else fold_dir
         self.best_path = fold_dir / "best.keras"
-        self.state_path = fold_dir / "backup" / "state.json"
+        self.last_path = fold_dir / "last.keras"
+        self.state_path = self.restore_dir / "backup" / "state.json"
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.best_logs: dict[str, float] = {}  # val_accuracy and val_loss of the best epoch
         self.diverged: str | None = None
         self._epoch = 0
 
@@ -167,9 +183,12 @@ class RunState(keras.callbacks.BackupAndRestore):
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.fold_dir / "backup" / state["weights"])
+        self.model.load_weights(self.restore_dir / "backup" / state["weights"])
         self.model._initial_epoch = int(state["epoch"])
         self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
+        self.best_logs = state.get("best_logs") or next(  # states written before best_logs: from the history
+            ({k: h[k] for k in ("val_accuracy", "val_loss") if k in h} for h in self.history
+             if h["epoch"] == self.best_epoch), {})
         self._publish_best()
         log.info("resumed %s after epoch %d (best %s %.4f at epoch %s)", self.fold_dir.name, state["epoch"],
                  self.monitor, self.best if self.best is not None else float("nan"), self.best_epoch)
@@ -204,19 +223,18 @@ class RunState(keras.callbacks.BackupAndRestore):
         if not all(np.isfinite(v.numpy()).all() for v in self.model.weights):
             self._stop(f"weights became non-finite (NaN or Inf) during epoch {epoch + 1}")
             return
-        value = logs.get(self.monitor) if self.monitor else None
-        improved = self.monitor is None or (value is not None and (self.best is None or value > self.best))
         backup = self.fold_dir / "backup"
-        if improved:
-            self.best, self.best_epoch = value, epoch + 1
-            with atomic_path(self._pending_best(epoch + 1)) as tmp:
-                self.model.save(tmp)
+        if self._improved(logs):
+            self.best_epoch = epoch + 1
+            self.best_logs = {k: logs[k] for k in ("val_accuracy", "val_loss") if k in logs}
+            self.best = self.best_logs.get(self._key) if self.monitor else None
+            save_model(self.model, self._pending_best(epoch + 1))
         self.history.append({"epoch": epoch + 1, **logs})
         weights = f"weights-{epoch + 1:04d}.weights.h5"
-        with atomic_path(backup / weights) as tmp:
-            self.model.save_weights(tmp)
-        write_json(self.state_path, {"epoch": epoch + 1, "weights": weights, "history": self.history,
-                                     "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor})
+        save_model(self.model, backup / weights, weights_only=True)
+        write_json(backup / "state.json", {"epoch": epoch + 1, "weights": weights, "history": self.history,
+                                           "best": self.best, "best_epoch": self.best_epoch,
+                                           "best_logs": self.best_logs, "monitor": self.monitor})
         self._publish_best()
         for old in backup.glob("weights-*.weights.h5"):
             if old.name != weights:
@@ -224,6 +242,44 @@ class RunState(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         pass  # keep the backup: a later fold failure must not lose this fold's state
+
+    @property
+    def _key(self) -> str:
+        """The validation value that ranks epochs: val_loss for monitor val_loss, else val_accuracy."""
+        return "val_loss" if self.monitor == "val_loss" else "val_accuracy"
+
+    def _improved(self, logs: dict[str, float]) -> bool:
+        """Is this epoch better than the best so far? Ties on the key are broken by the other value."""
+        if self.monitor is None or self.best_epoch is None:
+            return True
+        acc, loss = logs.get("val_accuracy"), logs.get("val_loss")
+        best_acc, best_loss = self.best_logs.get("val_accuracy"), self.best_logs.get("val_loss")
+        if acc is None or loss is None or best_acc is None or best_loss is None:
+            value, best = logs.get(self._key), self.best_logs.get(self._key)
+            return value is not None and (best is None or (value < best if self._key == "val_loss" else value > best))
+        if self._key == "val_loss":
+            return (loss, -acc) < (best_loss, -best_acc)
+        return (acc, -loss) > (best_acc, -best_loss)
+
+    def save_last(self) -> None:
+        """The final weights as last.keras (after the last epoch, and again by a resume of a finished fold)."""
+        save_model(self.model, self.last_path)
+
+
+def save_model(model: keras.Model, path: Path, weights_only: bool = False) -> None:
+    """`model.save` (or `save_weights`) to `path` atomically, after checking the space it needs.
+
+    HDF5 crashes the process (segmentation fault) when it closes a file whose writes failed
+    for lack of space, so a write that cannot fit is refused before it starts (DiskFullError).
+    """
+    variables = list(model.weights) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+    need = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    require_space(path, int(need * 1.1) + (1 << 20))
+    with atomic_path(path) as tmp:
+        if weights_only:
+            model.save_weights(tmp)
+        else:
+            model.save(tmp)
 
 
 # --------------------------------------------------------------------------- one fold
@@ -234,9 +290,13 @@ def fold_seed(recipe: Recipe, fold: Fold) -> int:
     return recipe.seed + fold.number
 
 
-def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
-               strategy: tf.distribute.Strategy) -> dict[str, Any]:
-    """Train (or resume) one fold; returns its training record. Raises TrainingDiverged."""
+def train_fold(recipe: Recipe, data: PreparedData | ShardedData, fold: Fold, fold_dir: Path,
+               strategy: tf.distribute.Strategy, restore_dir: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) one fold; returns its training record. Raises TrainingDiverged.
+
+    `data` is decoded clips (PreparedData) or a shard folder (ShardedData, read by tf.data).
+    On a non-chief worker `fold_dir` is its temporary folder and `restore_dir` the chief's.
+    """
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = fold_seed(recipe, fold)
     keras.utils.set_random_seed(seed)
@@ -247,20 +307,41 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
         model.compile(optimizer=make_optimizer(train_cfg.optimizer),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    train_store = data.store.subset(data.positions(fold.train))
-    sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
-                          train_cfg.steps_per_epoch)
-    state = RunState(fold_dir, train_cfg.monitor if fold.valid else None)
-    initial_epoch = state.initial_epoch
-    labels = data.labels(fold.train)
-    if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
+    fix_keras_multi_worker(model, strategy)
+    distributed = strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if isinstance(data, ShardedData):
+        shards = data.shards
+        has_valid = "valid" in shards.parts() and shards.n_records("valid") > 0
+        state = RunState(fold_dir, train_cfg.monitor if has_valid else None, restore_dir)
+        initial_epoch = state.initial_epoch
+        options = dict(data_cycle=recipe.data.data_cycle, initial_epoch=initial_epoch,
+                       shuffle_buffer=recipe.data.shuffle_buffer, interleave_cycle=recipe.data.interleave_cycle,
+                       max_steps=train_cfg.steps_per_epoch)
+        # One input pipeline per worker (distribute_datasets_from_function), so one per process.
+        pipelines = task_info().num_workers if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else 1
+        steps_per_epoch = shards.steps_per_epoch("train", train_cfg.batch_size, recipe.data.data_cycle, pipelines,
+                                                 train_cfg.steps_per_epoch)
+        if distributed:
+            inputs = shards.distributed_training_input(strategy, "train", crop, seed, train_cfg.batch_size, **options)
+        else:
+            inputs = shards.training_dataset("train", crop, seed, train_cfg.batch_size, **options)
+        valid = data.part(fold, "valid") if has_valid else None
     else:
-        inputs = training_dataset(train_store, labels, sampler, initial_epoch)
+        train_store = data.store.subset(data.positions(fold.train))
+        sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
+                              train_cfg.steps_per_epoch)
+        state = RunState(fold_dir, train_cfg.monitor if fold.valid else None, restore_dir)
+        initial_epoch = state.initial_epoch
+        steps_per_epoch = sampler.steps_per_epoch
+        labels = data.labels(fold.train)
+        if distributed:
+            inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
+        else:
+            inputs = training_dataset(train_store, labels, sampler, initial_epoch)
+        valid = data.part(fold, "valid") if fold.valid else None
     callbacks: list[keras.callbacks.Callback] = []
-    if fold.valid:
-        callbacks.append(WholeClipValidation(data.store.subset(data.positions(fold.valid)), data.labels(fold.valid),
-                                             crop))
+    if valid is not None:
+        callbacks.append(WholeClipValidation(valid[0], valid[1], crop))
     callbacks += [
         keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: learning_rate_at(epoch, train_cfg.epochs, train_cfg.optimizer, train_cfg.schedule)),
@@ -270,13 +351,27 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: Fold, fold_dir: Path,
     if initial_epoch < train_cfg.epochs:
         if initial_epoch:
             log.info("%s: resuming at epoch %d of %d", fold.name, initial_epoch + 1, train_cfg.epochs)
-        model.fit(inputs, epochs=train_cfg.epochs, steps_per_epoch=sampler.steps_per_epoch,
+        model.fit(inputs, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=train_cfg.verbose, shuffle=False)
     else:
         state.set_model(model)
         state.on_train_begin()
     if state.diverged:
         raise TrainingDiverged(state.diverged)
-    return {"seed": seed, "best_epoch": state.best_epoch, "val_accuracy": state.best if fold.valid else None,
+    state.save_last()
+    validated = state.monitor is not None  # a valid part (files or shards)
+    return {"seed": seed, "best_epoch": state.best_epoch, "weights_digest": weights_digest(model),
+            "val_accuracy": state.best_logs.get("val_accuracy") if validated else None,
+            "val_loss": state.best_logs.get("val_loss") if validated else None,
             "monitor": state.monitor, "epochs_run": len(state.history), "resumed_from_epoch": initial_epoch,
-            "steps_per_epoch": sampler.steps_per_epoch, "history": state.history}
+            "steps_per_epoch": steps_per_epoch, "history": state.history}
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of the model's weights (16 hex digits): equal on every worker of an in-sync job."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]

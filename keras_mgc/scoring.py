@@ -124,8 +124,9 @@ def write_results(run_dir: str | Path, recipe: dict[str, Any], data_report: dict
     return results
 
 
-def evaluate_checkpoint(recipe: Any, data: Any, fold: Any, fold_dir: Path) -> dict[str, Any]:
-    """Evaluate a fold's best.keras (rebuilt in float32) on the fold's test tracks.
+def evaluate_checkpoint(recipe: Any, data: Any, fold: Any, fold_dir: Path,
+                        checkpoint: str = "best.keras") -> dict[str, Any]:
+    """Evaluate a fold's `checkpoint` (best.keras or last.keras, rebuilt in float32) on the fold's test tracks.
 
     The one load -> evaluate step of `keras_mgc.train` (after training a fold) and
     `keras_mgc.evaluate` (re-evaluating a finished run). Writes the fold's confusion
@@ -138,11 +139,11 @@ def evaluate_checkpoint(recipe: Any, data: Any, fold: Any, fold_dir: Path) -> di
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
     try:
-        model = load_float32(str(Path(fold_dir) / "best.keras"), recipe.model, len(data.class_names))
+        model = load_float32(str(Path(fold_dir) / checkpoint), recipe.model, len(data.class_names))
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    store = data.store.subset(data.positions(fold.test))
-    return evaluate_fold(Predictor(model), store, data.labels(fold.test), data.class_names, recipe.eval.modes,
+    store, labels = data.part(fold, "test")  # decoded clips, or streamed from shards
+    return evaluate_fold(Predictor(model), store, labels, data.class_names, recipe.eval.modes,
                          crop_length(recipe), recipe.eval.tta_crops, Path(fold_dir), f"{recipe.name} {fold.name}")
 
 
@@ -160,6 +161,14 @@ def summarise_run(run_dir: Path, recipe: Any, data: Any, records: list[dict[str,
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _tested(fold: dict[str, Any]) -> str:
+    """Which checkpoint the fold's test metrics come from, e.g. "last.keras (epoch 80)"."""
+    evaluated = fold.get("evaluated") or {}
+    name = evaluated.get("checkpoint") or Path(fold.get("checkpoint") or "best.keras").name
+    epoch = evaluated.get("epoch", fold.get("best_epoch") if name == "best.keras" else None)
+    return f"{name} (epoch {epoch})" if epoch is not None else name
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -180,17 +189,20 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += [f"Stopped: {results['stopped']['reason']} Only the folds below finished.", ""]
     if recipe.get("paper_accuracy") is not None:
         lines += [f"Paper: {recipe.get('paper_ref') or ''} {recipe['paper_accuracy']:.1f} % accuracy.", ""]
-    lines += ["| fold | best epoch | val acc % | " + " | ".join(f"test acc % ({MODE_TITLES[m]})" for m in modes) + " |",
-              "|---|---|---|" + "---|" * len(modes)]
+    lines += ["| fold | best epoch | val acc % | tested weights | "
+              + " | ".join(f"test acc % ({MODE_TITLES[m]})" for m in modes) + " |",
+              "|---|---|---|---|" + "---|" * len(modes)]
     for f in results["folds"]:
         cells = [_pct(f["test"][m]["accuracy"]) if m in f["test"] else "-" for m in modes]
-        lines.append(f"| {f['name']} | {f.get('best_epoch', '-')} | {_pct(f.get('val_accuracy'))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {f['name']} | {f.get('best_epoch', '-')} | {_pct(f.get('val_accuracy'))} | {_tested(f)} | "
+                     + " | ".join(cells) + " |")
     means = []
     for m in modes:
         s = results["summary"][m]["accuracy"]
         means.append(f"**{_pct(s['mean'])} +- {_pct(s['std'])}**")
     val = results["summary"]["val_accuracy"]
-    lines.append(f"| mean +- std (n={len(results['folds'])}) | | {_pct(val['mean'])} +- {_pct(val['std'])} | " + " | ".join(means) + " |")
+    lines.append(f"| mean +- std (n={len(results['folds'])}) | | {_pct(val['mean'])} +- {_pct(val['std'])} | | "
+                 + " | ".join(means) + " |")
     lines += ["", "std is the sample standard deviation over folds (ddof=1). Confusion matrices: "
               "`<fold>/confusion_<mode>.png`; everything else: results.json.", ""]
     return "\n".join(lines)

@@ -58,7 +58,8 @@ Output (formats, batch files that resume, segments, label tracks, plots): see
 
 Exit codes: 0 every file tagged; 1 some file could not be tagged (one message per file
 on stderr naming it and why; the other files are still tagged and printed); 2 usage
-error (bad arguments, missing or unusable model, missing metadata).
+error (bad arguments, missing or unusable model, missing metadata); 4 the results could
+not be written (no space left where stdout goes).
 
 Python API (with an exported model and a song at hand)::
 
@@ -723,8 +724,18 @@ def _cli() -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    from keras_mgc.io import DISK_FULL_ERRNOS, DiskFullError, disk_full_guard, output_name
+
+    def tag_main() -> int:
+        try:
+            return main()
+        except OSError as exc:  # the results go to stdout: a full disk there is a write of stdout
+            if exc.errno in DISK_FULL_ERRNOS and not exc.filename:
+                raise DiskFullError(output_name(1), exc.errno) from exc
+            raise
+
     try:
-        return main()
+        return disk_full_guard(_PROG, checkpoints=False)(tag_main)()
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit

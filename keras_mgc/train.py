@@ -9,8 +9,12 @@ The recipe is validated (with the overrides) before anything else happens. A run
 folds are skipped and an interrupted fold resumes from its last finished epoch. A
 different recipe in an existing run folder is an error unless `--overwrite`.
 
+One process per run folder: the command holds `<run folder>/run.lock` while it runs; a
+second command on the same folder stops at once naming the first (keras_mgc.runlock).
+
 Exit codes: 0 done; 1 training failed (e.g. NaN loss; finished folds are kept and
-reported); 2 bad recipe, arguments or data.
+reported); 2 bad recipe, arguments or data, or the run folder is in use by another
+process; 4 the disk is full (what finished is kept: free space and run the same command).
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from keras_mgc.config import Recipe, RecipeError, parse_recipe, read_recipe_document, recipe_to_dict
+
+if TYPE_CHECKING:
+    from keras_mgc.runlock import RunLock
 
 log = logging.getLogger("keras_mgc")
 
@@ -69,15 +76,27 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {b!r} -> {a!r}"]
 
 
-def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
-    """The run folder, checked against an earlier run of another recipe."""
+def open_run(recipe: Recipe, resume: bool, overwrite: bool, lock: "RunLock | None" = None) -> Path:
+    """The run folder, checked against an earlier run of another recipe.
+
+    `lock` (the folder's RunLock, not yet taken) is taken before anything in the folder is
+    read or changed, so `--overwrite` never deletes a folder another process is writing.
+    """
     run_dir = recipe.run_dir()
     saved = run_dir / "recipe.yaml"
     current = recipe_to_dict(recipe)
+    if lock is not None:
+        lock.acquire()
     if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+        for entry in run_dir.iterdir():  # everything but our own lock
+            if lock is None or entry != lock.lock_path:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text("utf-8"))
+        try:  # a run folder written before a key existed has that key's default
+            previous = recipe_to_dict(parse_recipe(previous, str(saved)))
+        except RecipeError:
+            pass
         changed = _differences(current, previous)
         if changed:
             raise RecipeError(f"{run_dir} holds a run of a different recipe ({'; '.join(changed[:8])}); "
@@ -91,17 +110,19 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
+def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = None) -> int:
     """Train and evaluate every fold of the recipe; returns the exit code.
 
     `command` (the command line) is recorded in the results, so a reader sees the overrides
-    that the recipe's own description does not mention.
+    that the recipe's own description does not mention. `info` (keras_mgc.distributed.TaskInfo)
+    is this process's place in a multi-worker job: only the chief evaluates and writes the
+    run's files; another worker trains in step with it, writing into a temporary folder.
     """
     import keras
     import tensorflow as tf
 
-    from keras_mgc.data.prepare import prepare_data
-    from keras_mgc.scoring import summarise_run, evaluate_checkpoint
+    from keras_mgc.data.prepare import load_data
+    from keras_mgc.scoring import evaluate_checkpoint, summarise_run
     from keras_mgc.io import read_json, write_json
     from keras_mgc.fold_trainer import TrainingDiverged, make_strategy, resolve_precision, train_fold
 
@@ -113,70 +134,145 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None) -> int:
     log.info("precision %s, %d replica(s) (%s)", policy, strategy.num_replicas_in_sync, type(strategy).__name__)
 
     from keras_mgc.data.datasets import DatasetError
+    from keras_mgc.data.shard_input import ShardedData, check_shards_match
+    from keras_mgc.distributed import TaskInfo, worker_dir
 
+    info = info or TaskInfo("worker", 0, 1)
+    work_dir = worker_dir(run_dir, info)  # the run folder for the chief
     try:
-        data = prepare_data(recipe.data, run_dir, recipe.seed)
+        data = load_data(recipe.data, work_dir, recipe.seed, sample_rate=recipe.model.frontend.sample_rate)
     except DatasetError as exc:  # too many unreadable files: still record which and why
-        if getattr(exc, "skipped", None) is None:
+        if getattr(exc, "skipped", None) is None or not info.is_chief:
             raise
         write_json(run_dir / "skipped.json", exc.skipped)
         raise DatasetError(f"{exc} (every skipped file with its reason: {run_dir / 'skipped.json'})") from None
+    if isinstance(data, ShardedData):
+        check_shards_match(data.shards, recipe.model.input, recipe.model.frontend.sample_rate)
+    folds, skipped, flagged = data.folds, data.skipped, data.flagged
     print(f"Training on: {data.description}", flush=True)
-    write_json(run_dir / "skipped.json", data.skipped)
-    if data.skipped:
-        print(f"{len(data.skipped)} file(s) skipped, reasons in {run_dir / 'skipped.json'}", flush=True)
-    if data.store.flagged:
-        print(f"{len(data.store.flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
+    if recipe.model.input != "mel":
+        rate = recipe.model.frontend.sample_rate
+        print(f"Audio decoded at {rate} Hz (model.frontend.sample_rate); crops of {recipe.data.crop_samples} samples "
+              f"= {recipe.data.crop_samples / rate:.3f} s", flush=True)
+    if info.is_chief:
+        write_json(run_dir / "skipped.json", skipped)
+        write_json(run_dir / "classes.json", data.class_names)
+    if skipped:
+        print(f"{len(skipped)} file(s) skipped, reasons in {run_dir / 'skipped.json'}", flush=True)
+    if flagged:
+        print(f"{len(flagged)} truncated file(s) kept (decodable part used), listed under data.flagged "
               f"in {run_dir / 'results.json'}", flush=True)
-    write_json(run_dir / "classes.json", data.class_names)
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
-    for fold in data.folds:
+    for fold in folds:
         fold_dir = run_dir / fold.name
         record_path = fold_dir / "fold.json"
         if record_path.is_file():
             print(f"{fold.name}: already complete, skipped", flush=True)
             records.append(read_json(record_path))
             continue
-        print(f"{fold.name}: train {len(fold.train)}, valid {len(fold.valid)}, test {len(fold.test)} tracks", flush=True)
+        split_report = data.report()["folds"][fold.name]
+        print(f"{fold.name}: " + ", ".join(f"{p} {n}" for p, n in split_report["sizes"].items()) + " tracks",
+              flush=True)
         try:
-            training = train_fold(recipe, data, fold, fold_dir, strategy)
+            training = train_fold(recipe, data, fold, work_dir / fold.name, strategy, restore_dir=fold_dir)
         except TrainingDiverged as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             extra["stopped"] = {"fold": fold.name, "reason": str(exc)}
             status = 1
             break
-        test = evaluate_checkpoint(recipe, data, fold, fold_dir)
-        record = {"fold": fold.number, "name": fold.name, "checkpoint": f"{fold.name}/best.keras",
-                  **{k: v for k, v in training.items() if k != "history"}, "split": fold.report(), "test": test}
+        print(f"{fold.name}: final weights digest {training['weights_digest']} (worker {info.index})", flush=True)
+        if not info.is_chief:  # the chief evaluates and publishes
+            continue
+        checkpoint = recipe.train.evaluated_checkpoint
+        test = evaluate_checkpoint(recipe, data, fold, fold_dir, checkpoint)
+        evaluated_epoch = training["epochs_run"] if checkpoint == "last.keras" else training["best_epoch"]
+        record = {"fold": fold.number, "name": fold.name, "checkpoint": f"{fold.name}/{checkpoint}",
+                  "evaluated": {"checkpoint": checkpoint, "epoch": evaluated_epoch, "monitor": recipe.train.monitor},
+                  **{k: v for k, v in training.items() if k != "history"}, "split": split_report, "test": test}
         write_json(fold_dir / "history.json", training["history"])
         write_json(record_path, record)
         records.append(record)
         scores = ", ".join(f"{m} {100 * test[m]['accuracy']:.1f}%" for m in test)
-        print(f"{fold.name}: best epoch {training['best_epoch']}, test accuracy {scores}", flush=True)
+        print(f"{fold.name}: best epoch {training['best_epoch']}, test accuracy of {checkpoint} (epoch "
+              f"{evaluated_epoch}) {scores}", flush=True)
+    if not info.is_chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"worker {info.index}: done (the chief writes the results)", flush=True)
+        return status
     if records:
         summarise_run(run_dir, recipe, data, records, extra)
     return status
 
 
+def last_checkpoint(run_dir: str | Path | None) -> str | None:
+    """The newest complete checkpoint of a run folder: a fold's committed backup (the resume
+    point that state.json names), or its best/last .keras; None if no epoch finished yet."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return None
+    from keras_mgc.io import read_json
+
+    backups: list[Path] = []
+    models: list[Path] = []
+    for fold_dir in Path(run_dir).glob("*/"):
+        try:
+            backups.append(fold_dir / "backup" / read_json(fold_dir / "backup" / "state.json")["weights"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        models += [fold_dir / "last.keras", fold_dir / "best.keras"]
+    for found in (backups, models):  # the resume point first
+        found = [p for p in found if p.is_file()]
+        if found:
+            return str(max(found, key=lambda p: p.stat().st_mtime))
+    return None
+
+
+_RUN_DIR: Path | None = None  # the run folder of this command, for the full-disk message
+
+
+def _guarded(main: Any) -> Any:
+    from keras_mgc.io import disk_full_guard
+
+    return disk_full_guard("keras_mgc.train", lambda: last_checkpoint(_RUN_DIR))(main)
+
+
+@_guarded
 def main(argv: list[str] | None = None) -> int:
+    global _RUN_DIR
+    from keras_mgc.runlock import RunLock, RunLockedError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from keras_mgc.distributed import ClusterError, TaskInfo, configure_cluster
+
+    command = "python -m keras_mgc.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         recipe = recipe_from_args(args)
-        run_dir = open_run(recipe, args.resume, args.overwrite)
-    except RecipeError as exc:
+        info = configure_cluster() if recipe.train.distribute == "multi_worker" else TaskInfo("worker", 0, 1)
+    except (RecipeError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from keras_mgc.data.datasets import DatasetError
+    from keras_mgc.data.shard import ShardError
     from keras_mgc.data.splits import SplitError
 
+    _RUN_DIR = recipe.run_dir()
+    if not info.is_chief:  # the chief locks, checks and records the run folder (and does --overwrite)
+        try:
+            return run(recipe, _RUN_DIR, command, info)
+        except (DatasetError, SplitError, ShardError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    lock = RunLock(_RUN_DIR, command)
     try:
-        return run(recipe, run_dir, "python -m keras_mgc.train " + shlex.join(sys.argv[1:] if argv is None else argv))
-    except (DatasetError, SplitError) as exc:
+        run_dir = open_run(recipe, args.resume, args.overwrite, lock)
+        return run(recipe, run_dir, command, info)
+    except (RecipeError, RunLockedError, DatasetError, SplitError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ verified release; the three runtime files the page needs are then copied into we
 (neither node_modules nor the binaries are committed). The page loads nothing from a CDN.
 
 Exit codes: 0 served / prepared; 1 the preparation failed (npm); 2 usage error (bad
-arguments, assets not prepared, unusable model folder).
+arguments, assets not prepared, unusable model folder); 4 the disk filled up while writing
+(keras_mgc.io.disk_full_guard, as every command).
 """
 
 from __future__ import annotations
@@ -285,4 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_mgc.io import disk_full_guard
+
+    sys.exit(disk_full_guard(_PROG, checkpoints=False)(main)())

@@ -14,7 +14,9 @@
 - `covering_windows`: windows of one fixed length that cover a whole clip (the tagger's
   windows with hop = window): whole-clip evaluation of a model built for one input length
   (VGG) averages over them.
-- `crop_length`: the crop of a recipe in its input's units (samples, or mel frames).
+- `crop_length`: the crop of a recipe in its input's units (samples, or mel frames);
+  `seconds_to_samples`: a crop given in seconds (`data.crop_seconds`) at the model's rate,
+  which must come to a whole number of samples.
 
 Why wrap-padding and looping rather than zeros: the front end subtracts each mel bin's mean
 over its input, and zero padding adds frames at log(1e-6) that pull every bin's mean far
@@ -40,7 +42,8 @@ import numpy as np
 
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, crop_frames
 
-__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "covering_windows", "Windower", "crop_length"]
+__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "covering_windows", "Windower", "crop_length",
+           "seconds_to_samples"]
 
 
 def crop(clip: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -136,3 +139,12 @@ def crop_length(recipe: Any) -> int:
     if recipe.model.input == "mel":
         return crop_frames(samples, recipe.model.frontend.hop_length)
     return samples
+
+
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    """`seconds` at `sample_rate` as a whole number of samples; ValueError when it is not one
+    (within a thousandth of a sample), so that no crop length is silently rounded."""
+    samples = seconds * sample_rate
+    if abs(samples - round(samples)) > 1e-3:
+        raise ValueError(f"{seconds:g} s is {samples:.3f} samples at {sample_rate} Hz, not a whole number")
+    return int(round(samples))

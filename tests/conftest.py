@@ -79,3 +79,44 @@ def tag_model(tmp_path_factory, request):
     except pytest.skip.Exception:
         gtzan = None
     return build_test_model(tmp_path_factory.mktemp("tag_model"), gtzan, steps=TAG_MODEL_STEPS)
+
+
+def mount_tmpfs(point: Path, size: str) -> str | None:
+    """Mount a fresh tmpfs of `size` (e.g. "4m") at `point`; None when done, else why it cannot be."""
+    import subprocess
+
+    point.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+    except OSError as exc:  # no mount command
+        return f"cannot mount a tmpfs here: {exc}"
+    return f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}" if proc.returncode else None
+
+
+def unmount(point: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A factory for small tmpfs mounts (a file system that fills up); skips where mounting is not allowed.
+
+    `small_tmpfs("4m")` mounts a fresh 4 MiB tmpfs under tmp_path and returns its path; every
+    mount is unmounted at the end of the test.
+    """
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounts)}"
+        problem = mount_tmpfs(point, size)
+        if problem:
+            pytest.skip(problem)
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounts):
+        unmount(point)

@@ -85,7 +85,7 @@ def runs(tmp_path_factory) -> dict:
     _finish(d)
     return {"a": base / "a" / "quickstart", "b": b_dir, "c": base / "c" / "quickstart", "d": base / "d" / "quickstart",
             "killed_at_epoch": killed_at_epoch, "killed_after": killed_after, "killed_log": killed_log,
-            "resumed_log": resumed_log, "a_log": a_log, "c_log": c_log, "returncode": b.returncode}
+            "resumed_log": resumed_log, "a_log": a_log, "c_log": c_log, "returncode": b.returncode, "b_pid": b.pid}
 
 
 def _json(path: Path):
@@ -111,6 +111,9 @@ def test_killed_run_was_killed_mid_epoch_after_two_saved_epochs(runs):
 
 def test_restart_resumes_from_the_last_saved_epoch_not_from_scratch(runs):
     log = runs["resumed_log"]
+    # The killed run's lock was left behind and is taken over (keras_mgc.runlock).
+    assert f"taking over the lock left by pid {runs['b_pid']} on " in log
+    assert f"(process {runs['b_pid']} is not running)" in log
     assert "resumed fold_01 after epoch 2" in log
     assert f"fold_01: resuming at epoch 3 of {EPOCHS}" in log
     assert "Epoch 1/" not in log and "Epoch 2/" not in log  # epochs 1-2 were not trained again

@@ -30,7 +30,7 @@ import tensorflow as tf
 from keras_mgc.audio import AudioError, load_audio
 from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 from keras_mgc.data.datasets import MELON_MEL_BINS, Track, load_melon_mel
-from keras_mgc.io import atomic_path
+from keras_mgc.io import DiskFullError, atomic_path
 from keras_mgc.windows import crop
 
 __all__ = ["CACHE_VERSION", "is_mel_track", "ClipStore", "CropSampler", "training_dataset", "distributed_training_input",
@@ -102,6 +102,8 @@ class ClipStore:
             # "none": decode once to check (NaN, shape, dtype, decoder errors) and measure, keep nothing.
             return i, None, self._decode(track, notes).shape[0], None, notes
         except (AudioError, OSError) as exc:
+            if isinstance(exc, DiskFullError):  # the cache's disk, not the track: stop, do not skip it
+                raise
             reason = exc.reason if isinstance(exc, AudioError) else str(exc)
             return i, None, 0, reason, notes
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 from keras_mgc.config import DataConfig
 from keras_mgc.data import splits as S
 from keras_mgc.data.datasets import GTZAN_GENRES, DatasetError, DatasetIndex, Track, discover, discover_melon
@@ -21,7 +22,10 @@ from keras_mgc.data.pipeline import ClipStore
 from keras_mgc.data.synthetic import describe as describe_synthetic
 from keras_mgc.data.synthetic import make_synthetic_dataset
 
-__all__ = ["Fold", "PreparedData", "prepare_data"]
+if TYPE_CHECKING:
+    from keras_mgc.data.shard_input import ShardedData
+
+__all__ = ["Fold", "PreparedData", "prepare_data", "load_data", "resolve_fold"]
 
 log = logging.getLogger("keras_mgc")
 
@@ -65,6 +69,15 @@ class PreparedData:
     def labels(self, tracks: list[Track]) -> list[int]:
         lookup = {name: i for i, name in enumerate(self.class_names)}
         return [lookup[t.label] for t in tracks]
+
+    def part(self, fold: Fold, name: str) -> tuple[ClipStore, list[int]]:
+        """The clips and labels of one part ("train", "valid", "test") of `fold`."""
+        tracks = getattr(fold, name)
+        return self.store.subset(self.positions(tracks)), self.labels(tracks)
+
+    @property
+    def flagged(self) -> list[dict[str, str]]:
+        return self.store.flagged
 
     def report(self) -> dict[str, Any]:
         """The data actually used, for results.json."""
@@ -119,8 +132,41 @@ def _splits(cfg: DataConfig, index: DatasetIndex, seed: int) -> list[tuple[str, 
     return [(f"fold_{k:02d}", S.cv_fold(folds, k)) for k in range(1, len(folds) + 1)]
 
 
-def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: str | Path | None = None) -> PreparedData:
-    """Discover, split, resolve and decode the data a recipe asks for."""
+def resolve_fold(cfg: DataConfig, work_dir: str | Path, seed: int, fold: int | None = None
+                 ) -> tuple[DatasetIndex, str, str, int, S.ResolvedSplit]:
+    """One fold of the recipe's split resolved against the dataset, nothing decoded (for sharding).
+
+    Returns (index, description, fold name, fold number, resolved split); `fold` defaults
+    to the recipe's first (`data.folds`).
+    """
+    index, description = _index(cfg, Path(work_dir), seed)
+    splits = _splits(cfg, index, seed)
+    if fold is None:
+        fold = cfg.folds[0] if cfg.folds != "all" else 1
+    if not 1 <= fold <= len(splits):
+        raise S.SplitError(f"--fold {fold}: the split has folds 1..{len(splits)}")
+    name, split = splits[fold - 1]
+    return index, description, name, fold, S.resolve_split(split, index, cfg.allow_missing)
+
+
+def load_data(cfg: DataConfig, work_dir: str | Path, seed: int,
+              sample_rate: int = DEFAULT_SAMPLE_RATE) -> "PreparedData | ShardedData":
+    """The data a recipe's `data:` section names: its shard folder (`data.shards`, read by
+    tf.data) or the dataset itself (`prepare_data`). Both give folds, parts and a report."""
+    if cfg.shards is not None:
+        from keras_mgc.data.shard_input import ShardedData, ShardSet
+
+        return ShardedData(ShardSet(cfg.shards))
+    return prepare_data(cfg, work_dir, seed, sample_rate=sample_rate)
+
+
+def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: str | Path | None = None,
+                 sample_rate: int = DEFAULT_SAMPLE_RATE) -> PreparedData:
+    """Discover, split, resolve and decode the data a recipe asks for.
+
+    `sample_rate` is the model's front-end rate (model.frontend.sample_rate): every audio
+    file is decoded and resampled to it, and the disk cache is keyed by it.
+    """
     work_dir = Path(work_dir)
     index, description = _index(cfg, work_dir, seed)
     splits = _splits(cfg, index, seed)
@@ -133,7 +179,8 @@ def prepare_data(cfg: DataConfig, work_dir: str | Path, seed: int, cache_dir: st
     resolved = [(name, S.resolve_split(split, index, cfg.allow_missing)) for name, split in splits]
     needed = {t.key: t for _, r in resolved for part in r.parts.values() for t in part}
     disk_cache = (cache_dir or cfg.cache_dir or work_dir / "cache") if cfg.cache == "disk" else None
-    store = ClipStore(sorted(needed.values(), key=lambda t: t.key), cache=cfg.cache, cache_dir=disk_cache).prepare()
+    store = ClipStore(sorted(needed.values(), key=lambda t: t.key), cache=cfg.cache, cache_dir=disk_cache,
+                      sample_rate=sample_rate).prepare()
     n = len(needed)
     all_skipped = [dict(s) for s in index.skipped] + store.skipped
     first = "; ".join(f"{s['path']}: {s['reason']}" for s in store.skipped[:5])
