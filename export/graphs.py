@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mgc.contract import EMBEDDING, PROBABILITIES
+from keras_mgc.contract import EMBEDDING, MEL_INPUT, PROBABILITIES, WAVEFORM_INPUT
 from keras_mgc.frontend import LogMelSpectrogram
 from keras_mgc.models.classifier import frontend_params, with_input
 
@@ -58,6 +58,25 @@ class ServingModels:
             if weight.dtype != "float32":
                 raise ValueError(f"{checkpoint}: weight {weight.path} is {weight.dtype} after the float32 rebuild")
         return cls(model=model, cfg=cfg, num_classes=num_classes)
+
+    def input_shape(self, entry: str) -> list[int | None]:
+        """An entry point's input shape: [batch, samples] or [batch, frames, n_mels], None where free.
+
+        Free lengths except for a model built for one input length (VGG's first dense layer):
+        its artifacts declare that length (`ModelConfigBase.fixed_frames`).
+        """
+        frames, n_mels = self.cfg.fixed_frames(), self.cfg.frontend.n_mels
+        if entry == WAVEFORM_INPUT:
+            return [None, None if frames is None else (frames - 1) * self.cfg.frontend.hop_length]
+        if entry == MEL_INPUT:
+            return [None, frames, n_mels]
+        raise ValueError(f"unknown entry point {entry!r} (expected {WAVEFORM_INPUT!r} or {MEL_INPUT!r})")
+
+    def input_spec(self, entry: str) -> Any:
+        """The tf.TensorSpec every exporter declares for an entry point (named as the contract says)."""
+        import tensorflow as tf
+
+        return tf.TensorSpec(self.input_shape(entry), tf.float32, name=entry)
 
     @property
     def embedding_size(self) -> int:

@@ -20,22 +20,31 @@ from keras_mgc.models.classifier import frontend_params
 __all__ = ["io_spec", "artifact_metadata", "write_side_files"]
 
 
-_LOGMEL_DOC = ("natural log of (48-bin HTK mel power + 1e-6), NOT mean-normalised (the model removes each "
-               "bin's time mean itself); frames every 256 samples (1 + samples // 256 frames)")
+_LOGMEL_DOC = ("natural log of (48-bin HTK mel power + 1e-6), NOT normalised (the model removes each "
+               "bin's time mean itself, or normalises it over time); frames every 256 samples "
+               "(1 + samples // 256 frames)")
 
 
 def io_spec(source: ExportSource, entry: str, embedding_size: int, input_name: str | None = None) -> dict[str, Any]:
     """Input and outputs of one entry point ("waveform" or "mel")."""
     n = len(source.class_names)
+    cfg = source.model_config
+    frames = cfg.fixed_frames()  # a model built for one input length (VGG) declares it
     if entry == WAVEFORM_INPUT:
         inp = {"name": input_name or WAVEFORM_INPUT, "dtype": "float32", "shape": ["batch", "samples"],
                "sample_rate": source.sample_rate, "channels": 1, "min_samples": source.crop_samples,
                "description": f"mono audio at {source.sample_rate} Hz, float32 in [-1, 1], any length >= "
                               f"one crop ({source.crop_samples} samples); one row per clip (rows of one batch "
                               "share a length)"}
+        if frames is not None:
+            samples = (frames - 1) * cfg.frontend.hop_length
+            inp.update(shape=["batch", samples], description=(
+                f"mono audio at {source.sample_rate} Hz, float32 in [-1, 1], exactly {samples} samples: the model "
+                f"is built for one input length; average its probabilities over windows of it for a longer clip"))
     else:
         inp = {"name": input_name or MEL_INPUT, "dtype": "float32",
-               "shape": ["batch", "frames", source.model_config.frontend.n_mels], "description": _LOGMEL_DOC}
+               "shape": ["batch", "frames" if frames is None else frames, cfg.frontend.n_mels],
+               "description": _LOGMEL_DOC}
     outputs = {
         "probabilities": {"dtype": "float32", "shape": ["batch", n], "description": "softmax over class_names"},
         "embedding": {"dtype": "float32", "shape": ["batch", embedding_size],

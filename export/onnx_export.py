@@ -27,10 +27,10 @@ def convert(models: ServingModels, entry: str, opset: int = OPSET, dft_precision
 
     if entry == WAVEFORM_INPUT:
         graph = models.waveform(dft_precision, spectrum="matmul")  # tf2onnx 1.17 cannot convert rfft here
-        spec = tf.TensorSpec([None, None], tf.float32, name=WAVEFORM_INPUT)
+        spec = models.input_spec(WAVEFORM_INPUT)
     else:
         graph = models.mel()
-        spec = tf.TensorSpec([None, None, models.cfg.frontend.n_mels], tf.float32, name=MEL_INPUT)
+        spec = models.input_spec(MEL_INPUT)
 
     def fn(x: Any) -> dict[str, Any]:
         return probabilities_and_embedding(graph(x, training=False))

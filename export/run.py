@@ -214,14 +214,15 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
         raise ExportError(f"cannot load {src.checkpoint} with the recipe's model config and "
                           f"{len(src.class_names)} classes: {exc}") from None
     reference = verify.KerasRunner(models.waveform("float64"), models.mel())
-    inputs = verify.EvalInputs.build(evaluation, src.crop_samples, opts.eval_crops_per_clip, models.log_mel)
+    fixed = models.input_shape("waveform")[1]  # None, or the samples a fixed-length model takes
+    inputs = verify.EvalInputs.build(evaluation, src.crop_samples, opts.eval_crops_per_clip, models.log_mel, fixed)
     ref_out = {entry: verify.run_all(reference, inputs, entry) for entry in ("waveform", "mel")}
     if _task_precisions(opts):
         inputs.set_windows(_task_window(opts))
         if inputs.windows is None:
             raise ExportError(f"no evaluation clip is as long as the task window ({_task_window(opts)} samples)")
         ref_out["window"] = verify.run_all(reference, inputs, "window")
-    latency_x, latency_desc = verify.latency_clip(evaluation, src.sample_rate)
+    latency_x, latency_desc = verify.latency_clip(evaluation, src.sample_rate, fixed=fixed)
 
     staging = publish.Staging(opts.out)
     for stale in staging.removed_stale:

@@ -61,17 +61,16 @@ def write_saved_model(models: ServingModels, class_names: list[str], version_dir
     k = max(1, min(top_k, len(class_names)))
     wave, mel = models.waveform(dft_precision), models.mel()
     names = tf.constant(class_names)
-    n_mels = models.cfg.frontend.n_mels
     archive = keras.export.ExportArchive()
     archive.track(wave)
     archive.track(mel)
     archive.add_endpoint(
         SIGNATURE, lambda waveform: _outputs(wave, waveform, names, k),
-        input_signature=[tf.TensorSpec([None, None], tf.float32, name=WAVEFORM_INPUT)],
+        input_signature=[models.input_spec(WAVEFORM_INPUT)],
     )
     archive.add_endpoint(
         MEL_SIGNATURE, lambda mel_: _outputs(mel, mel_, names, k),
-        input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32, name=MEL_INPUT)],
+        input_signature=[models.input_spec(MEL_INPUT)],
     )
     with kio.atomic_directory(version_dir) as tmp:
         shutil.rmtree(tmp)  # ExportArchive creates the folder itself

@@ -131,10 +131,9 @@ def _write_temp_saved_model(models: ServingModels, table_mode: str, directory: P
     archive.track(wave)
     archive.track(mel)
     archive.add_endpoint(SIGNATURE, lambda waveform: probabilities_and_embedding(wave(waveform, training=False)),
-                         input_signature=[tf.TensorSpec([None, None], tf.float32, name=WAVEFORM_INPUT)])
+                         input_signature=[models.input_spec(WAVEFORM_INPUT)])
     archive.add_endpoint(MEL_SIGNATURE, lambda mel_: probabilities_and_embedding(mel(mel_, training=False)),
-                         input_signature=[tf.TensorSpec([None, None, models.cfg.frontend.n_mels], tf.float32,
-                                                        name=MEL_INPUT)])
+                         input_signature=[models.input_spec(MEL_INPUT)])
     archive.write_out(str(directory), verbose=False)
     return directory
 

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from keras_mgc import windows
 from keras_mgc.contract import (ENTRY_SIGNATURES, MEL_INPUT, PROBABILITIES, SIGNATURE, WAVEFORM_INPUT,
                                 mel_signature_name)
 from keras_mgc.export.clips import ClipSet, crops
@@ -69,9 +70,14 @@ class EvalInputs:
         self.windows = np.stack(cut + crops).astype(np.float32) if cut or crops else None
 
     @classmethod
-    def build(cls, clip_set: ClipSet, crop: int, crops_per_clip: int, log_mel: Callable[[np.ndarray], np.ndarray]
-              ) -> "EvalInputs":
-        whole = [(c.name, c.audio[None, :]) for c in clip_set.clips]
+    def build(cls, clip_set: ClipSet, crop: int, crops_per_clip: int, log_mel: Callable[[np.ndarray], np.ndarray],
+              fixed: int | None = None) -> "EvalInputs":
+        """`fixed`: the input length of a fixed-length model, whose "whole clip" is the batch of
+        windows covering it (`keras_mgc.windows.covering_windows`), as evaluation feeds it."""
+        if fixed is None:
+            whole = [(c.name, c.audio[None, :]) for c in clip_set.clips]
+        else:
+            whole = [(c.name, windows.covering_windows(c.audio, fixed)) for c in clip_set.clips]
         crop_list = crops(clip_set, crop, crops_per_clip) if crops_per_clip > 0 else []
         mel_whole = [log_mel(x) for _, x in whole]
         mel_crops = log_mel(np.stack([c for _, c in crop_list])) if crop_list else None
@@ -93,7 +99,8 @@ class EvalInputs:
 
     @property
     def n_whole(self) -> int:
-        return len(self.whole)
+        """Rows of whole-clip input (one per clip; one per window for a fixed-length model)."""
+        return sum(x.shape[0] for _, x in self.whole)
 
 
 # --------------------------------------------------------------------------- runners
@@ -337,14 +344,25 @@ def check(entries: dict[str, dict[str, Any]], thresholds: dict[str, float]) -> l
     return failures
 
 
-def latency_clip(clip_set: ClipSet, sample_rate: int, seconds: float = LATENCY_SECONDS) -> tuple[np.ndarray, str]:
-    """A (1, 30 s) batch: the first clip that long, else the longest clip repeated to 30 s."""
+def latency_clip(clip_set: ClipSet, sample_rate: int, seconds: float = LATENCY_SECONDS,
+                 fixed: int | None = None) -> tuple[np.ndarray, str]:
+    """A (1, 30 s) batch: the first clip that long, else the longest clip repeated to 30 s.
+
+    For a fixed-length model (`fixed` samples), the windows covering those 30 s, as one batch.
+    """
     n = int(round(seconds * sample_rate))
+    audio = desc = None
     for clip in clip_set.clips:
         if len(clip.audio) >= n:
-            return clip.audio[None, :n].astype(np.float32), f"{clip.name} (first {seconds:g} s)"
-    longest = max(clip_set.clips, key=lambda c: len(c.audio))
-    return np.resize(longest.audio, n)[None].astype(np.float32), f"{longest.name} (repeated to {seconds:g} s)"
+            audio, desc = clip.audio[:n], f"{clip.name} (first {seconds:g} s)"
+            break
+    if audio is None:
+        longest = max(clip_set.clips, key=lambda c: len(c.audio))
+        audio, desc = np.resize(longest.audio, n), f"{longest.name} (repeated to {seconds:g} s)"
+    if fixed is None:
+        return audio[None].astype(np.float32), desc
+    batch = windows.covering_windows(audio, fixed).astype(np.float32)
+    return batch, f"{desc} as {len(batch)} windows of {fixed} samples"
 
 
 def measure_latency(runner: Runner, x: np.ndarray, threads: list[int], runs: int,

@@ -18,10 +18,11 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, HOP_LENGTH
 from keras_mgc.windows import seconds_to_samples
@@ -108,6 +109,9 @@ class ModelConfigBase(_Section):
     override the preset's (the merged result is what gets validated and recorded).
     """
 
+    #: The head: BN -> Linear -> BN (the authors' ECAPA) or one Linear layer (their baselines).
+    head_batchnorm: ClassVar[bool] = True
+
     preset: str | None = None
     input: Literal["waveform", "mel"] = "waveform"
 
@@ -126,6 +130,21 @@ class ModelConfigBase(_Section):
         return data
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     sync_batchnorm: bool = False
+
+    def fixed_frames(self) -> int | None:
+        """The number of mel frames the model is built for, or None when any length works."""
+        return None
+
+    def fixed_input_length(self) -> int | None:
+        """Samples (waveform input) or frames (mel input) the model takes, or None when any length works.
+
+        A clip of N samples gives 1 + N // hop_length frames, so a fixed-frame model takes
+        (frames - 1) x hop_length samples of audio.
+        """
+        frames = self.fixed_frames()
+        if frames is None:
+            return None
+        return frames if self.input == "mel" else (frames - 1) * self.frontend.hop_length
 
 
 class ECAPAConfig(ModelConfigBase):
@@ -191,10 +210,126 @@ class ECAPAConfig(ModelConfigBase):
         return 3 * (self.band_channels()[0] + self.band_stop()[0]) // 2
 
 
-#: Backbone configurations by name. Baselines (ResNet, VGG, BBNN) add their config class
-#: here and a builder in keras_mgc.models; a recipe picks one with `model.backbone`.
-ModelConfig = ECAPAConfig
-MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {"ecapa_tdnn": ECAPAConfig}
+def _without_mean_normalize() -> FrontendConfig:
+    return FrontendConfig(mean_normalize=False)
+
+
+class _ImageBackboneConfig(ModelConfigBase):
+    """Keys of the image baselines: they normalise the log-mel themselves (or not at all)."""
+
+    head_batchnorm: ClassVar[bool] = False
+
+    # The front end stops at log(mel + 1e-6); the backbone's instance norm does the rest.
+    frontend: FrontendConfig = Field(default_factory=_without_mean_normalize)
+    instance_norm: bool = True  # per-bin mean and variance over time (nn.InstanceNorm1d)
+
+
+class ResNetConfig(_ImageBackboneConfig):
+    """ResNet18 / ResNet34 / SE-ResNet34 on the (mel, time) image: the authors' #5-#7 and #18-#20."""
+
+    #: Basic blocks per stage of each named network.
+    DEPTHS: ClassVar[dict[str, list[int]]] = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3],
+                                              "se_resnet34": [3, 4, 6, 3]}
+
+    backbone: Literal["resnet18", "resnet34", "se_resnet34"]
+    stage_channels: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512])
+    blocks: list[PositiveInt] | None = None  # None: the network's own depths (DEPTHS)
+    stage_stride: PositiveInt = 2  # the authors stride every stage, the first included
+    se_reduction: PositiveInt | None = None  # se_resnet34 only; None: 8, the authors' reduction
+
+    @model_validator(mode="after")
+    def _check(self) -> "ResNetConfig":
+        if len(self.stage_blocks()) != len(self.stage_channels):
+            key = "blocks" if self.blocks is not None else "stage_channels"
+            raise ValueError(f"{key}: {len(self.stage_channels)} stage widths but {len(self.stage_blocks())} block "
+                             "counts (set blocks to one count per stage)")
+        if self.se_reduction is not None and not self.backbone.startswith("se_"):
+            raise ValueError(f"se_reduction: backbone '{self.backbone}' has no squeeze-excitation (se_resnet34 has)")
+        return self
+
+    def stage_blocks(self) -> list[int]:
+        return list(self.blocks) if self.blocks is not None else self.DEPTHS[self.backbone]
+
+    def squeeze_excitation(self) -> int | None:
+        """The SE reduction of each block (None: no SE blocks)."""
+        if not self.backbone.startswith("se_"):
+            return None
+        return self.se_reduction or 8
+
+
+class VGGConfig(_ImageBackboneConfig):
+    """VGGNet (VGG16 configuration C) on the (mel, time) image: the authors' #17.
+
+    Its first dense layer fixes the input length: `frames` (the authors crop 200).
+    """
+
+    backbone: Literal["vgg"] = "vgg"
+    frames: PositiveInt = 200
+    block_channels: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512, 512])
+    dense_units: PositiveInt = 4096
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _check(self) -> "VGGConfig":
+        need = 2 ** len(self.block_channels)
+        if self.frames < need:
+            raise ValueError(f"frames: {self.frames} vanish after {len(self.block_channels)} 2x2 pools (need >= {need})")
+        if self.frontend.n_mels < need:
+            raise ValueError(f"frontend.n_mels: {self.frontend.n_mels} bins vanish after "
+                             f"{len(self.block_channels)} 2x2 pools (need >= {need})")
+        return self
+
+    def fixed_frames(self) -> int | None:
+        return self.frames
+
+
+class BBNNConfig(_ImageBackboneConfig):
+    """BBNN (Liu et al.): the authors' #21. Their Melon model uses the mels as they are (no normalisation)."""
+
+    backbone: Literal["bbnn"] = "bbnn"
+    instance_norm: bool = False
+    channels: PositiveInt = 13  # C: the stem's width, each branch's width and the transition's output
+    dense_layers: PositiveInt = 3  # multi-scale blocks in the densely connected block
+    time_pool: PositiveInt = 4  # the stem's max pool over time (1, 4)
+
+
+#: Backbone configurations by `model.backbone` name; a builder per name is in keras_mgc.models.
+MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {
+    "ecapa_tdnn": ECAPAConfig, "resnet18": ResNetConfig, "resnet34": ResNetConfig, "se_resnet34": ResNetConfig,
+    "vgg": VGGConfig, "bbnn": BBNNConfig,
+}
+
+
+def _backbone_tag(value: Any) -> str:
+    """The config class of a `model:` mapping: its `backbone`, else its preset's, else ECAPA-TDNN."""
+    if not isinstance(value, dict):
+        name = getattr(value, "backbone", None)
+    elif "backbone" in value:
+        name = value["backbone"]
+    else:
+        name = "ecapa_tdnn"
+        if isinstance(value.get("preset"), str):
+            from keras_mgc import presets
+
+            if value["preset"] in presets.PRESETS:  # an unknown name is reported by the preset expansion
+                name = presets.get(value["preset"]).model.get("backbone", "ecapa_tdnn")
+    return name if isinstance(name, str) else ""
+
+
+#: `model:` of a recipe: the config class is chosen by `backbone` (ECAPA-TDNN when absent).
+ModelConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in MODEL_CONFIGS.items())],
+    Discriminator(_backbone_tag, custom_error_type="unknown_backbone",
+                  custom_error_message=f"backbone: unknown backbone (known: {', '.join(sorted(MODEL_CONFIGS))})"),
+]
+_MODEL_ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
+
+
+def model_config_from_dict(document: dict[str, Any] | ModelConfigBase) -> ModelConfigBase:
+    """A recipe's `model:` mapping validated into its backbone's config class (pydantic errors as raised)."""
+    if isinstance(document, ModelConfigBase):
+        return document
+    return _MODEL_ADAPTER.validate_python(document)
 
 
 # --------------------------------------------------------------------------- data
@@ -277,12 +412,18 @@ class OptimizerConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Cosine annealing per epoch to `min_learning_rate`; SGDR restarts when `restart_period` is set."""
+    """Cosine annealing per epoch to `min_learning_rate`; SGDR restarts when `restart_period` is set.
 
-    name: Literal["cosine", "constant"] = "cosine"
+    `step` multiplies the rate by `gamma` every `step_size` epochs (torch StepLR, the authors'
+    Melon baselines).
+    """
+
+    name: Literal["cosine", "constant", "step"] = "cosine"
     min_learning_rate: Annotated[float, Field(ge=0)] = 1e-6
     restart_period: PositiveInt | None = None  # epochs of the first SGDR cycle (T_0)
     restart_mult: PositiveInt = 1  # T_mult
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.95  # for name: step
+    step_size: PositiveInt = 1  # for name: step
 
 
 class TrainConfig(_Section):
@@ -341,9 +482,22 @@ class Recipe(_Section):
     seed: int = 3823
     output_dir: str = "runs"
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=ECAPAConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_fixed_length(self) -> "Recipe":
+        frames = self.model.fixed_frames()
+        if frames is not None:
+            hop = self.model.frontend.hop_length
+            need = (frames - 1) * hop
+            if self.data.crop_samples != need:
+                raise ValueError(
+                    f"data.crop_samples: model.backbone '{self.model.backbone}' is built for exactly {frames} frames "
+                    f"(model.frames), so the crop must be {need} samples ({frames} - 1 hops of {hop}); "
+                    f"got {self.data.crop_samples}")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -384,11 +538,12 @@ def _format_errors(error: ValidationError, source: str) -> str:
     """One line per bad key: `key.path: what is wrong (got value)`; union branches merged."""
     lines: dict[str, list[str]] = {}
     for item in error.errors():
-        parts = [str(p) for p in item["loc"] if not _UNION_TAG.match(str(p))]
+        loc = _without_backbone_tag(item["loc"])
+        parts = [str(p) for p in loc if not _UNION_TAG.match(str(p))]
         if item["type"] == "extra_forbidden":
             # The last element is the unknown key itself, whatever its name ("none", "int").
-            parts = [str(p) for p in item["loc"][:-1] if not _UNION_TAG.match(str(p))] + [str(item["loc"][-1])]
-            parent = _model_at(Recipe, tuple(parts[:-1]))
+            parts = [str(p) for p in loc[:-1] if not _UNION_TAG.match(str(p))] + [str(loc[-1])]
+            parent = _model_at(Recipe, tuple(item["loc"][:-1]))
             allowed = sorted(parent.model_fields) if parent is not None else []
             close = difflib.get_close_matches(parts[-1], allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -408,9 +563,21 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return f"invalid recipe {source}:\n  {body}"
 
 
+def _without_backbone_tag(loc: tuple) -> tuple:
+    """An error location without the union tag pydantic puts after `model` ("model.vgg.frames" -> "model.frames")."""
+    return tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "model" and p in MODEL_CONFIGS))
+
+
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    for part in loc:
-        field = model.model_fields.get(str(part))
+    """The section class at an error location (with its backbone tag, which picks the model config class)."""
+    parts = list(loc)
+    while parts:
+        part = str(parts.pop(0))
+        if model is Recipe and part == "model":
+            tag = str(parts.pop(0)) if parts and parts[0] in MODEL_CONFIGS else "ecapa_tdnn"
+            model = MODEL_CONFIGS[tag]
+            continue
+        field = model.model_fields.get(part)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return None
         model = field.annotation

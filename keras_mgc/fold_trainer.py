@@ -69,10 +69,13 @@ def learning_rate_at(epoch: int, epochs: int, optimizer: OptimizerConfig, schedu
 
     Without restarts this is torch's CosineAnnealingLR(T_max=epochs); with
     `restart_period` it is CosineAnnealingWarmRestarts(T_0=restart_period, T_mult=restart_mult).
+    Schedule "step" is torch's StepLR(step_size, gamma): base x gamma^(epoch // step_size).
     """
     base, low = optimizer.learning_rate, schedule.min_learning_rate
     if schedule.name == "constant":
         return base
+    if schedule.name == "step":
+        return base * schedule.gamma ** (epoch // schedule.step_size)
     t, period = epoch, epochs
     if schedule.restart_period is not None:
         period = schedule.restart_period

@@ -18,12 +18,18 @@ Python::
 
 Registered here: the paper's ECAPA-TDNN systems on GTZAN (#8-#15; #16 is #15 evaluated with
 TTA, an evaluation choice, not a model) and on Melon Playlist (#22-#27, log-mel input), the
-quickstart's CPU-sized model, and ``tiny``, the smallest model the tests train and export.
-Other backbones (baselines) are added with `register`: the preset's ``backbone`` key names
-the configuration class (`keras_mgc.config.MODEL_CONFIGS`).
+paper's baselines (ResNet18/34, SE-ResNet34: #5-#7 GTZAN, #18-#20 Melon; VGGNet #17, BBNN #21
+Melon, and a GTZAN BBNN under #4), the quickstart's CPU-sized model, and ``tiny`` (plus
+``tiny_resnet18``, ``tiny_resnet34``, ``tiny_se_resnet34``, ``tiny_vgg``, ``tiny_bbnn``), the
+smallest models the tests train and export. The preset's ``backbone`` key names the
+configuration class (`keras_mgc.config.MODEL_CONFIGS`).
 
-`authors_params` is the parameter count of the authors' PyTorch model for 10 classes (GTZAN),
-which `python -m keras_mgc.models` compares with this implementation's.
+`authors_params` is the parameter count of the authors' PyTorch model for `authors_classes`
+classes (10 for GTZAN, 28 for the Melon baselines), which `python -m keras_mgc.models`
+compares with this implementation's.
+
+    >>> get("paper_17_vgg").authors_params, get("paper_17_vgg").authors_classes
+    (39477980, 28)
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class Preset:
     model: dict[str, Any]  # configuration keys, as in a recipe's `model:` section
     description: str
     paper_ref: str | None = None  # the system's number in the paper's tables ("#15")
-    authors_params: int | None = None  # the authors' PyTorch parameter count, 10 classes
+    authors_params: int | None = None  # the authors' PyTorch parameter count, for `authors_classes` classes
+    authors_classes: int = 10  # GTZAN's 10, or Melon's 28 (the authors' Melon baselines)
 
 
 #: Every preset by name, in registration order.
@@ -138,3 +145,37 @@ register(Preset("quickstart", _ecapa(64, 32, True, res2_scale=4, se_channels=16,
 register(Preset("tiny", _ecapa(32, 16, False, res2_scale=2, se_channels=8, attention_channels=16),
                 "the smallest CCS ECAPA the tests train and export (c=32, s=16, Res2Net scale 2): "
                 "tracing it takes seconds on 2 cores"))
+
+# The paper's conventional baselines (Tables 2 and 3), the authors' experiments #05-#07 and
+# #17-#21 (keras_mgc/models/resnet.py, vgg.py, bbnn.py; BUILD_NOTES.md "Baselines").
+# Parameter counts: the authors' models, for the classes of their table (GTZAN 10, Melon 28).
+_BASELINES = [
+    ("05", "resnet18", "resnet18", "ResNet18", False, 11_179_658),
+    ("06", "resnet34", "resnet34", "ResNet34", False, 21_287_818),
+    ("07", "se_resnet34", "se_resnet34", "SE-ResNet34", False, 21_606_434),
+    ("17", "vgg", "vgg", "VGGNet (VGG16-C), 200 frames", True, 39_477_980),
+    ("18", "resnet18", "resnet18", "ResNet18", True, 11_188_892),
+    ("19", "resnet34", "resnet34", "ResNet34", True, 21_297_052),
+    ("20", "se_resnet34", "se_resnet34", "SE-ResNet34", True, 21_615_668),
+    ("21", "bbnn", "bbnn", "BBNN (Liu et al.), the mels as they are", True, 32_450),
+]
+for _num, _tag, _backbone, _what, _melon, _params in _BASELINES:
+    register(Preset(f"paper_{_num}_{_tag}", {"backbone": _backbone, **({"input": "mel"} if _melon else {})},
+                    f"#{int(_num)} {_what} " + ("on log-mels (Melon Playlist)" if _melon else "(GTZAN)"),
+                    paper_ref=f"#{int(_num)}", authors_params=_params, authors_classes=28 if _melon else 10))
+register(Preset("paper_04_bbnn", {"backbone": "bbnn", "instance_norm": True},
+                "BBNN (Liu et al.) on GTZAN audio with the GTZAN ResNets' input (log-mel + instance norm); "
+                "#4 is Liu et al.'s own result", paper_ref="#4"))
+
+# Reduced-width versions of each baseline: the same code paths in a few thousand parameters,
+# for the tests' training, round-trip and export runs.
+register(Preset("tiny_resnet18", {"backbone": "resnet18", "stage_channels": [4, 8, 8, 8]},
+                "ResNet18 at widths 4/8/8/8 (tests)"))
+register(Preset("tiny_resnet34", {"backbone": "resnet34", "stage_channels": [4, 4, 4, 4]},
+                "ResNet34 at width 4 (tests)"))
+register(Preset("tiny_se_resnet34", {"backbone": "se_resnet34", "stage_channels": [8, 8, 8, 8], "blocks": [1, 1, 1, 1]},
+                "SE-ResNet with one SE block per stage at width 8 (tests)"))
+register(Preset("tiny_vgg", {"backbone": "vgg", "frames": 32, "block_channels": [4, 4, 8, 8, 8], "dense_units": 16},
+                "VGG16-C at widths 4-8, dense 16, built for 32 frames (31 x 256 = 7,936 samples) (tests)"))
+register(Preset("tiny_bbnn", {"backbone": "bbnn", "channels": 4, "dense_layers": 2},
+                "BBNN with C = 4 and two multi-scale blocks (tests)"))

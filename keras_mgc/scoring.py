@@ -21,7 +21,7 @@ from keras_mgc.data.pipeline import ClipStore
 from keras_mgc.environment import environment
 from keras_mgc.io import write_json, write_text
 from keras_mgc.metrics import classification_metrics, mean_std, plot_confusion, summarize_folds
-from keras_mgc.windows import crop, tta_crops
+from keras_mgc.windows import covering_windows, crop, tta_crops
 
 __all__ = ["MODE_TITLES", "Predictor", "evaluate_fold", "write_results", "evaluate_checkpoint", "summarise_run",
            "results_markdown"]
@@ -30,10 +30,16 @@ MODE_TITLES = {"whole": "whole clip", "tta": "16-crop TTA"}
 
 
 class Predictor:
-    """Class probabilities of a model (logits -> softmax) on whole clips or TTA crops."""
+    """Class probabilities of a model (logits -> softmax) on whole clips or TTA crops.
+
+    A model built for one input length (`fixed_length`, e.g. VGG's 200 frames) cannot take a
+    whole clip in one pass: its whole-clip probabilities are the mean over windows of that
+    length covering the clip (`keras_mgc.windows.covering_windows`).
+    """
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
+        self.fixed_length: int | None = model.input.shape[1]
         spec = tf.TensorSpec((None,) + tuple(model.input.shape[1:]), tf.float32)
         self._probs = tf.function(lambda x: tf.nn.softmax(tf.cast(model(x, training=False), tf.float32)),
                                   input_signature=[spec], autograph=False)
@@ -42,12 +48,16 @@ class Predictor:
         return self._probs(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     def whole(self, store: ClipStore, min_length: int = 0) -> np.ndarray:
-        """(n_clips, n_classes): each whole clip in one pass.
+        """(n_clips, n_classes): each whole clip in one pass (or, fixed-length model, windows averaged).
 
         A clip shorter than `min_length` (the training crop) is wrap-padded to it, as training
         and TTA crops are: the front end cannot take a clip of `hop_length` samples or fewer
         (reflect padding), and a 10 ms clip is a valid file.
         """
+        if self.fixed_length is not None:
+            return np.stack([self.probabilities(covering_windows(np.asarray(store.get(i)), self.fixed_length))
+                             .mean(axis=0) for i in range(len(store))])
+
         def clip(i: int) -> np.ndarray:
             x = np.asarray(store.get(i))
             return crop(x, 0, min_length) if x.shape[0] < min_length else x
@@ -55,7 +65,11 @@ class Predictor:
         return np.concatenate([self.probabilities(clip(i)[None]) for i in range(len(store))])
 
     def tta(self, store: ClipStore, crop: int, n_crops: int = 16) -> np.ndarray:
-        """(n_clips, n_classes): softmax outputs of `n_crops` crops summed (the paper's TTA)."""
+        """(n_clips, n_classes): softmax outputs of `n_crops` crops summed (the paper's TTA).
+
+        A fixed-length model's crops are its input length (a recipe's crop must equal it).
+        """
+        crop = self.fixed_length or crop
         return np.stack([self.probabilities(tta_crops(np.asarray(store.get(i)), crop, n_crops)).sum(axis=0)
                          for i in range(len(store))])
 

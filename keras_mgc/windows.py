@@ -11,6 +11,9 @@
   `hop` samples from 0, plus one window aligned to the end when the regular ones stop
   short; a clip shorter than one window is looped to fill it. The browser page does the
   same in JavaScript (web/js/windows.js, checked against this in tests/test_web.py).
+- `covering_windows`: windows of one fixed length that cover a whole clip (the tagger's
+  windows with hop = window): whole-clip evaluation of a model built for one input length
+  (VGG) averages over them.
 - `crop_length`: the crop of a recipe in its input's units (samples, or mel frames);
   `seconds_to_samples`: a crop given in seconds (`data.crop_seconds`) at the model's rate,
   which must come to a whole number of samples.
@@ -26,6 +29,8 @@ below what the model saw in training (numbers in `keras_mgc.tag`'s docstring).
 [0, 20, 40, 60]
 >>> window_starts(10, 4, 3)
 [0, 3, 6]
+>>> covering_windows(np.arange(10), 4).tolist()
+[[0, 1, 2, 3], [4, 5, 6, 7], [6, 7, 8, 9]]
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import numpy as np
 
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, crop_frames
 
-__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "Windower", "crop_length", "seconds_to_samples"]
+__all__ = ["crop", "tta_starts", "tta_crops", "window_starts", "covering_windows", "Windower", "crop_length",
+           "seconds_to_samples"]
 
 
 def crop(clip: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -70,6 +76,18 @@ def window_starts(n: int, window: int, hop: int) -> list[int]:
     if starts[-1] + window < n:
         starts.append(n - window)
     return starts
+
+
+def covering_windows(clip: np.ndarray, size: int) -> np.ndarray:
+    """(n, size[, bins]) windows of exactly `size` that together cover the whole clip.
+
+    Back to back from the start, the last one aligned to the end (`window_starts` with hop =
+    window); a clip shorter than `size` is wrap-padded into one window. A model whose input
+    length is fixed sees the whole clip this way, each part once (the end-aligned window
+    overlaps its neighbour).
+    """
+    clip = np.asarray(clip)
+    return np.stack([crop(clip, start, size) for start in window_starts(clip.shape[0], size, size)])
 
 
 class Windower:

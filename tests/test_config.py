@@ -36,12 +36,15 @@ def test_gtzan_recipes_are_the_paper_systems(tmp_path):
         if not path.stem.startswith("gtzan_") or path.stem == "gtzan_cv":
             continue
         recipe = load_recipe(path, [f"data.root={tmp_path}"])
+        assert recipe.data.split == "paper_10fold" and recipe.data.data_cycle == 8
+        if recipe.paper_ref == "#4":  # BBNN: #21's hyper-parameters (tests/test_baselines.py, BUILD_NOTES.md)
+            continue
         number = "#15" if recipe.paper_ref == "#16" else recipe.paper_ref
         assert recipe.model.preset == by_number[number].name, path.name
         expected = parse_recipe({**GOOD, "model": by_number[number].model}).model
         assert recipe.model.model_dump(exclude={"preset"}) == expected.model_dump(exclude={"preset"}), path.name
         assert (recipe.seed, recipe.train.epochs, recipe.train.batch_size, recipe.data.data_cycle) == (3823, 80, 64, 8)
-        assert recipe.data.split == "paper_10fold" and recipe.data.crop_samples == 44356
+        assert recipe.data.crop_samples == 44356
     headline = load_recipe(Path(RECIPES[0]).parent / "gtzan_cv.yaml", [f"data.root={tmp_path}"])
     assert headline.eval.headline == "tta" and headline.model.band_stop() == [128] * 4
 
@@ -52,7 +55,9 @@ def test_melon_recipes_take_mels_with_the_papers_batch_and_seed(tmp_path):
             recipe = load_recipe(path, [f"data.root={tmp_path}"])
             assert recipe.model.input == "mel" and recipe.model.sync_batchnorm
             assert recipe.model.preset == f"paper_{recipe.paper_ref[1:]}_" + path.stem.split("_", 2)[2]
-            assert (recipe.seed, recipe.train.batch_size, recipe.data.dataset) == (4021, 256, "melon")
+            assert recipe.data.dataset == "melon"
+            if recipe.model.backbone == "ecapa_tdnn":  # the baselines' own protocols: BUILD_NOTES.md "Baselines"
+                assert (recipe.seed, recipe.train.batch_size) == (4021, 256)
 
 
 def test_unknown_key_names_its_path_and_suggests():

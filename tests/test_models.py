@@ -31,13 +31,15 @@ def _audio(batch: int, samples: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((batch, samples)) * 0.1).astype("float32")
 
 
-def test_the_models_table_lists_the_eight_gtzan_systems():
-    assert [p.paper_ref for p in PAPER_SYSTEMS] == [f"#{n}" for n in range(8, 16)]
+def test_the_models_table_has_every_system_with_a_known_count():
+    """The eight GTZAN ECAPA systems (10 classes) and the eight baselines (#5-#7: 10, #17-#21: 28)."""
+    assert sorted(int(p.paper_ref[1:]) for p in PAPER_SYSTEMS) == [*range(5, 16), *range(17, 22)]
 
 
 @pytest.mark.parametrize("system", PAPER_SYSTEMS, ids=lambda p: p.name)
 def test_parameter_counts_equal_the_authors_models(system):
-    model = build_model(presets.model_config(system.name), num_classes=10)
+    keras.backend.clear_session()
+    model = build_model(presets.model_config(system.name), num_classes=system.authors_classes)
     assert count_params(model) == system.authors_params
 
 
@@ -125,14 +127,19 @@ def test_mixed_precision_trains_with_finite_loss(policy, kind):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_models_cli_prints_the_parameter_table():
+def test_models_cli_lists_every_published_row():
+    from keras_mgc import paper
+
     out = subprocess.run(
         [sys.executable, "-m", "keras_mgc.models", "--no-flops"], capture_output=True, text=True, check=True
     ).stdout
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("#")}
+    assert list(lines) == [row.ref for row in paper.rows()]  # Table 2 then Table 3, in order
     for system in PAPER_SYSTEMS:
-        expected = system.authors_params
-        line = next(line for line in out.splitlines() if line.startswith(system.name))
-        assert line.split()[-4:-2] == [f"{expected:,}", f"{expected:,}"]
+        expected = f"{system.authors_params:,}"
+        assert lines[system.paper_ref][-5:-3] == [expected, expected]  # params, authors
+    for row in paper.rows():
+        assert lines[row.ref][-1] == f"{row.accuracy:.1f}"  # the published accuracy beside it
     assert "differs" not in out
 
 

@@ -13,6 +13,7 @@ from keras_mgc.models.classifier import (
     load_float32,
     with_input,
 )
+from keras_mgc.models.bbnn import MultiScaleBlock, PreActConv, build_bbnn_backbone
 from keras_mgc.models.ecapa_tdnn import (
     AttentiveStatsPooling,
     ChannelSeparation,
@@ -24,9 +25,14 @@ from keras_mgc.models.ecapa_tdnn import (
     SubBandAggregator,
     build_ecapa_backbone,
 )
+from keras_mgc.models.layers import MelImage, instance_norm
+from keras_mgc.models.resnet import BasicBlock, SqueezeExcitation2D, build_resnet_backbone
+from keras_mgc.models.vgg import build_vgg_backbone
 
 __all__ = [
     "BACKBONES", "ClassifierHead", "build_backbone", "build_model", "count_params", "load_float32", "with_input",
     "AttentiveStatsPooling", "ChannelSeparation", "ConvReluBN", "FeatureExtractor", "Res2Conv1D",
     "SEBlock", "SERes2Block", "SubBandAggregator", "build_ecapa_backbone",
+    "BasicBlock", "SqueezeExcitation2D", "build_resnet_backbone", "build_vgg_backbone",
+    "MultiScaleBlock", "PreActConv", "build_bbnn_backbone", "MelImage", "instance_norm",
 ]

@@ -11,6 +11,10 @@ Example:
     >>> model = build_model(presets.model_config("tiny"), num_classes=10)
     >>> model(np.zeros((2, 44356), "float32")).shape
     TensorShape([2, 10])
+
+A backbone built for a fixed number of frames (VGG) gets a fixed-length input:
+    >>> build_model({"backbone": "vgg", "input": "mel", "block_channels": [4] * 5, "dense_units": 8}, 28).input_shape
+    (None, 200, 48)
 """
 
 from __future__ import annotations
@@ -19,38 +23,57 @@ from typing import Any, Callable
 
 import keras
 
-from keras_mgc.config import ECAPAConfig, ModelConfigBase
+from keras_mgc.config import ModelConfigBase, model_config_from_dict
 from keras_mgc.frontend import LogMelSpectrogram, TimeMeanNormalization
+from keras_mgc.models.bbnn import build_bbnn_backbone
 from keras_mgc.models.ecapa_tdnn import batch_norm, build_ecapa_backbone, torch_initializers
+from keras_mgc.models.resnet import build_resnet_backbone
+from keras_mgc.models.vgg import build_vgg_backbone
 
 __all__ = ["BACKBONES", "ClassifierHead", "build_backbone", "frontend_params", "build_preprocessor", "build_model",
            "with_input", "count_params", "load_float32"]
 
 #: Backbone builders by `model.backbone` name: log-mel (batch, frames, n_mels) -> embedding.
-#: The paper's baselines (ResNet, SE-ResNet, VGG, BBNN) register here with their config class
-#: in keras_mgc.config.MODEL_CONFIGS.
-BACKBONES: dict[str, Callable[[Any], keras.Model]] = {"ecapa_tdnn": build_ecapa_backbone}
+#: Each name has its config class in keras_mgc.config.MODEL_CONFIGS.
+BACKBONES: dict[str, Callable[[Any], keras.Model]] = {
+    "ecapa_tdnn": build_ecapa_backbone,
+    "resnet18": build_resnet_backbone,
+    "resnet34": build_resnet_backbone,
+    "se_resnet34": build_resnet_backbone,
+    "vgg": build_vgg_backbone,
+    "bbnn": build_bbnn_backbone,
+}
 
 
 @keras.saving.register_keras_serializable(package="keras_mgc")
 class ClassifierHead(keras.layers.Layer):
-    """BatchNorm on the embedding -> Linear -> BatchNorm on the logits (the authors' head), in float32."""
+    """BatchNorm on the embedding -> Linear -> BatchNorm on the logits (the authors' ECAPA head), in float32.
 
-    def __init__(self, in_features: int, num_classes: int, sync_batchnorm: bool = False, **kwargs: Any) -> None:
+    With `batchnorm=False` it is one Linear layer, the head of the authors' baselines.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, sync_batchnorm: bool = False, batchnorm: bool = True,
+                 **kwargs: Any) -> None:
         kwargs["dtype"] = "float32"  # the final BatchNorm and the loss stay in float32 under mixed precision
         super().__init__(**kwargs)
         self.in_features, self.num_classes, self.sync_batchnorm = in_features, num_classes, sync_batchnorm
-        self.embedding_bn = batch_norm(sync_batchnorm, name="embedding_bn", dtype="float32")
+        self.batchnorm = batchnorm
+        self.embedding_bn = self.logit_bn = None
+        if batchnorm:
+            self.embedding_bn = batch_norm(sync_batchnorm, name="embedding_bn", dtype="float32")
+            self.logit_bn = batch_norm(sync_batchnorm, name="logit_bn", dtype="float32")
         self.dense = keras.layers.Dense(num_classes, name="dense", dtype="float32", **torch_initializers(in_features))
-        self.logit_bn = batch_norm(sync_batchnorm, name="logit_bn", dtype="float32")
 
     def build(self, input_shape: tuple) -> None:
-        self.embedding_bn.build(input_shape)
         self.dense.build(input_shape)
-        self.logit_bn.build((input_shape[0], self.num_classes))
+        if self.batchnorm:
+            self.embedding_bn.build(input_shape)
+            self.logit_bn.build((input_shape[0], self.num_classes))
 
     def call(self, embedding: Any, training: bool | None = None) -> Any:
         embedding = keras.ops.cast(embedding, "float32")
+        if not self.batchnorm:
+            return self.dense(embedding)
         return self.logit_bn(self.dense(self.embedding_bn(embedding, training=training)), training=training)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -58,7 +81,8 @@ class ClassifierHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(in_features=self.in_features, num_classes=self.num_classes, sync_batchnorm=self.sync_batchnorm)
+        config.update(in_features=self.in_features, num_classes=self.num_classes, sync_batchnorm=self.sync_batchnorm,
+                      batchnorm=self.batchnorm)
         config.pop("dtype", None)
         return config
 
@@ -83,11 +107,13 @@ def build_preprocessor(cfg: ModelConfigBase, kind: str | None = None, **frontend
     `frontend` overrides LogMelSpectrogram arguments (e.g. dft_precision, table_mode).
     """
     kind = kind or cfg.input
+    frames = cfg.fixed_frames()  # a backbone built for one length gets an input of that length
     if kind == "waveform":
-        inputs = keras.Input((None,), name="waveform")
+        samples = None if frames is None else (frames - 1) * cfg.frontend.hop_length
+        inputs = keras.Input((samples,), name="waveform")
         features = LogMelSpectrogram(**(frontend_params(cfg) | frontend), name="frontend")(inputs)
     elif kind == "mel":
-        inputs = keras.Input((None, cfg.frontend.n_mels), name="mel")
+        inputs = keras.Input((frames, cfg.frontend.n_mels), name="mel")
         features = TimeMeanNormalization(name="frontend")(inputs) if cfg.frontend.mean_normalize else inputs
     else:
         raise ValueError(f"model.input: expected 'waveform' or 'mel', got {kind!r}")
@@ -100,14 +126,14 @@ def build_model(cfg: ModelConfigBase | dict, num_classes: int, name: str = "genr
     `cfg` is a model config (or its dict form, as in a recipe's `model:` section);
     `num_classes` comes from the data.
     """
-    if isinstance(cfg, dict):
-        cfg = ECAPAConfig.model_validate(cfg) if cfg.get("backbone", "ecapa_tdnn") == "ecapa_tdnn" else cfg
+    cfg = model_config_from_dict(cfg)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     inputs, features = build_preprocessor(cfg)
     backbone = build_backbone(cfg)
     embedding = backbone(features)
-    logits = ClassifierHead(backbone.output_shape[-1], num_classes, cfg.sync_batchnorm, name="head")(embedding)
+    logits = ClassifierHead(backbone.output_shape[-1], num_classes, cfg.sync_batchnorm, cfg.head_batchnorm,
+                            name="head")(embedding)
     return keras.Model(inputs, logits, name=name)
 
 
