@@ -16,11 +16,14 @@ MediaPipe's `MetadataPopulator` does: a `Buffer` plus a `Metadata{name: "TFLITE_
 entry in the TFLite `Model`, then the associated files appended as a stored (uncompressed)
 zip archive.
 
-Example:
+Example (the metadata alone; `attach(model_bytes, meta)` adds it and the label file to a
+TFLite model, and `read(model_bytes)` reads both back, as tests/test_mediapipe.py checks):
     >>> meta = AudioClassifierMetadata(name="genres", labels=["blues", "rock"], sample_rate=22050)
-    >>> model = attach(tflite_bytes, meta)
-    >>> read(model)["labels"]
-    ['blues', 'rock']
+    >>> parsed = parse_metadata(metadata_flatbuffer(meta))
+    >>> parsed["subgraphs"][0]["inputs"][0]["audio_properties"]
+    {'sample_rate': 22050, 'channels': 1}
+    >>> parsed["subgraphs"][0]["outputs"][0]["associated_files"]
+    [{'name': 'labels.txt', 'type': 2}]
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ batches (collectives need it), enough for the largest share of files a pipeline 
 a pipeline whose files hold fewer records repeats its first crops of the epoch (as
 `CropSampler` pads an epoch to whole batches).
 
-Example:
-    >>> shards = ShardSet("/data/melon-shards")
-    >>> ds = shards.training_dataset("train", crop=174, seed=4021, global_batch=256, data_cycle=1)
+Example (with shards written by `python -m keras_mgc.data.shard`; tests/test_shards.py runs it)::
+
+    shards = ShardSet("/data/melon-shards")
+    ds = shards.training_dataset("train", crop=174, seed=4021, global_batch=256, data_cycle=1)
 """
 
 from __future__ import annotations
