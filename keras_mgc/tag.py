@@ -91,6 +91,7 @@ import numpy as np
 from keras_mgc.audio import AUDIO_EXTENSIONS, AudioError, TruncatedAudioWarning, find_audio_files, stream_audio
 from keras_mgc.contract import (DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE, EMBEDDING, PROBABILITIES, SIGNATURE,
                                 WAVEFORM_INPUT, ContractError, check_signatures)
+from keras_mgc.io import DISK_FULL_ERRNOS
 from keras_mgc.segments import DEFAULT_HYSTERESIS, DEFAULT_MIN_SEGMENT, Segment, segment_windows
 from keras_mgc.tag_output import (
     FORMATS,
@@ -710,7 +711,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             writer.close()
         except OSError as exc:
-            print(f"{_PROG}: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise  # the command's disk-full guard names the file and exits 4
+            print(f"{_PROG}: error: cannot write {args.output or 'the standard output'}: {exc.strerror or exc}",
+                  file=sys.stderr)
             failed += 1
     if skipped:
         print(f"{_PROG}: {skipped} file{'s' if skipped != 1 else ''} already in {args.output}: skipped",
@@ -724,7 +728,7 @@ def _cli() -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    from keras_mgc.io import DISK_FULL_ERRNOS, DiskFullError, disk_full_guard, output_name
+    from keras_mgc.io import DiskFullError, disk_full_guard, output_name
 
     def tag_main() -> int:
         try:

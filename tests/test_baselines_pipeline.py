@@ -98,7 +98,7 @@ def test_export_to_savedmodel_tflite_onnx_within_the_ecapa_thresholds(baseline_r
     if backbone == "vgg":  # the fixed length is declared in the artifacts
         from ai_edge_litert.interpreter import Interpreter
 
-        (tflite,) = [p for p in (run / "export").rglob("*float32*.tflite")]
+        (tflite,) = [p for p in (run / "export").rglob("model_float32.tflite")]
         runner = Interpreter(model_path=str(tflite)).get_signature_runner("serving_default")
         assert runner.get_input_details()["waveform"]["shape_signature"].tolist() == [-1, CROP]
         # The on-device tagger slides windows of exactly that length (0.36 s) over a 2 s clip.

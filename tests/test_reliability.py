@@ -548,11 +548,11 @@ FAULT = textwrap.dedent("""
 
     train_fold = T.train_fold
 
-    def faulty(recipe, data, fold, fold_dir, strategy):
+    def faulty(recipe, data, fold, fold_dir, strategy, **kwargs):
         if fold.number == 2:
             schedule = recipe.train.schedule.model_copy(update={"min_learning_rate": 1e8})
             recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"schedule": schedule})})
-        return train_fold(recipe, data, fold, fold_dir, strategy)
+        return train_fold(recipe, data, fold, fold_dir, strategy, **kwargs)
 
     T.train_fold = faulty
     sys.exit(main(sys.argv[1:]))
