@@ -1,7 +1,8 @@
 """Benchmarks: what keras-mgc costs to train and to run, on this machine, against its limit.
 
     python -m keras_mgc.bench [--quick] [--configs 8,15,small] [--out bench_results]
-        [--sections peak,flops,inference,training,pipeline,frontend,tagging] [--repeats 5] [--song FILE]
+        [--sections peak,flops,inference,training,pipeline,frontend,frontend_share,tagging]
+        [--repeats 5] [--song FILE]
 
 Every measurement runs in a fresh worker process (`--worker`), so thread counts are set
 before TensorFlow starts and peak memory (VmHWM) belongs to that measurement alone.
@@ -22,6 +23,11 @@ Sections:
   as the TFLite artifacts run it (float32 folded DFT matmul), each beside the other spectrum
   path for comparison (Keras: matmul; TFLite: the builtin RFFT2D); the report gives its share
   of each configuration's latency measured in the same run (inference section);
+- frontend_share: each configuration's whole TFLite float32 model on the 30 s clip with the
+  front end it had before issue 14 (`spectrum="dense"`, the unfolded DFT table) and with the
+  one the artifacts use now (`"matmul"`, folded), beside the network alone (the log-mel entry
+  point), timed round-robin in one process: before/after speed-up and the front end's share
+  of the latency, same run;
 - tagging: whole-song tagging throughput (seconds of audio per second, decoding included) of
   `keras_mgc.tag.Tagger` with every TFLite precision and the task-ready models (window 2.01 s,
   hop 1 s), on `--song` (default: a generated 3-minute signal).
@@ -65,7 +71,9 @@ TTA_CROPS = 16
 CONFIGS: dict[str, str] = {"8": "paper_08_ecapa", "15": "paper_15_ccs_fsa_s512_c1024", "small": "quickstart",
                            "tiny": "tiny"}
 #: Front-end timings: the path each runtime's models use first, then the other for comparison.
-FRONTEND_PATHS = {"keras": ("fft", "matmul"), "tflite_float32": ("matmul", "fft")}
+FRONTEND_PATHS = {"keras": ("fft", "matmul"), "tflite_float32": ("matmul", "fft", "dense")}
+#: The frontend_share section's graphs: the artifacts' front end before issue 14, now, and none.
+SHARE_GRAPHS = {"before": "dense", "after": "matmul", "network": None}
 #: Why the authors' PyTorch rows are missing when they are (set by the run).
 TORCH_MISSING = "torch is not installed (the test-only extra: pip install -e '.[parity]')"
 RUNTIMES = ("keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8", "onnx")
@@ -292,19 +300,70 @@ def work_frontend(job: dict[str, Any]) -> dict[str, Any]:
         layer = LogMelSpectrogram(spectrum=job["spectrum"])  # float64, as Keras trains and evaluates
         fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None), tf.float32)], autograph=False)
         return {"clip": timings(lambda: fn(x).numpy(), job["repeats"], warmup=2)}
+    layer = LogMelSpectrogram(dft_precision="float32", spectrum=job["spectrum"])
+    interpreter = tflite_interpreter(layer, (None, None), x, _threads(job["threads"]))
+    return {"clip": timings(interpreter.invoke, job["repeats"], warmup=2)}
+
+
+def tflite_interpreter(fn: Any, input_shape: tuple, x: np.ndarray, threads: int) -> Any:
+    """`fn` (a Keras model or layer, or a TF-traceable function) as a builtin-ops TFLite float32
+    interpreter on `threads` threads, declared with `input_shape` (None = free) and holding `x`.
+
+    Converted without a trackable object, so the converter freezes the weights as the exporter's
+    SavedModel route does (with one it keeps them as resource variables, 2-3x slower).
+    """
+    import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    layer = LogMelSpectrogram(dft_precision="float32", spectrum=job["spectrum"])
-    concrete = tf.function(lambda w: layer(w), autograph=False).get_concrete_function(
-        tf.TensorSpec((None, None), tf.float32))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], layer)
+    concrete = tf.function(lambda w: fn(w), autograph=False).get_concrete_function(
+        tf.TensorSpec(input_shape, tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = Interpreter(model_content=converter.convert(), num_threads=_threads(job["threads"]))
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=threads)
     index = interpreter.get_input_details()[0]["index"]
     interpreter.resize_tensor_input(index, x.shape)
     interpreter.allocate_tensors()
     interpreter.set_tensor(index, x)
-    return {"clip": timings(interpreter.invoke, job["repeats"], warmup=2)}
+    return interpreter
+
+
+def work_frontend_share(job: dict[str, Any]) -> dict[str, Any]:
+    """Whole-model TFLite float32 latency (30 s clip) per front end, and the network alone, round-robin.
+
+    The graphs are converted as the exporter converts them (free batch and length, builtin ops,
+    the input resized to the clip), so "after" is the float32 artifact's graph.
+    """
+    from keras_mgc.models.classifier import with_input
+
+    cfg = presets.model_config(CONFIGS[job["config"]])
+    model = _model(job["config"])
+    x = _audio(CLIP_SAMPLES)
+    mel_shape = (1, CLIP_SAMPLES // cfg.frontend.hop_length + 1, cfg.frontend.n_mels)
+    invokes = {}
+    graphs = {name: (with_input(model, "mel", cfg), (None, None, cfg.frontend.n_mels), np.zeros(mel_shape, np.float32))
+              if spectrum is None else
+              (with_input(model, "waveform", cfg, dft_precision="float32", spectrum=spectrum), (None, None), x)
+              for name, spectrum in SHARE_GRAPHS.items()}
+    # The artifacts take any length, so their graphs compute shapes at run time, and XNNPACK
+    # leaves those ops (and the partitions between them) to the builtin kernels; the same graph
+    # converted for one fixed input shape is delegated whole. Timed too, for comparison.
+    graphs["after_fixed_length"] = (graphs["after"][0], x.shape, x)
+    graphs["network_fixed_length"] = (graphs["network"][0], mel_shape, graphs["network"][2])
+    for name, (graph, spec, inp) in graphs.items():
+        invokes[name] = tflite_interpreter(graph, spec, inp, _threads(job["threads"])).invoke
+    # Round-robin: each round times every graph once, so load changes hit all of them alike.
+    for invoke in invokes.values():
+        invoke(), invoke()
+    seconds: dict[str, list[float]] = {name: [] for name in invokes}
+    for _ in range(job["repeats"]):
+        for name, invoke in invokes.items():
+            seconds[name].append(timings(invoke, 1, warmup=0)["median"])
+    out: dict[str, Any] = {name: {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)),
+                                  "p90": float(np.percentile(t, 90)), "n": len(t)} for name, t in seconds.items()}
+    for name, network in (("before", "network"), ("after", "network"), ("after_fixed_length", "network_fixed_length")):
+        out[name]["frontend_share"] = max(0.0, 1.0 - out[network]["median"] / out[name]["median"])
+    out["speedup"] = out["before"]["median"] / out["after"]["median"]
+    return out
 
 
 def work_tagging(job: dict[str, Any]) -> dict[str, Any]:
@@ -391,7 +450,7 @@ def work_runtime(job: dict[str, Any]) -> dict[str, Any]:
 
 WORKERS = {"peak": work_peak, "flops": work_flops, "keras": work_keras, "training": work_training,
            "pipeline": work_pipeline, "artifacts": work_artifacts, "runtime": work_runtime,
-           "frontend": work_frontend, "tagging": work_tagging, "torch": work_torch}
+           "frontend": work_frontend, "frontend_share": work_frontend_share, "tagging": work_tagging, "torch": work_torch}
 
 
 def run_worker(job: dict[str, Any], timeout: int = 3600, module: str = "keras_mgc.bench") -> dict[str, Any]:
@@ -439,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="peak,flops,inference,training,pipeline")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--repeats", type=int)
+    parser.add_argument("--threads", help="comma-separated thread counts, numbers or 'all' (default: 1,all; --quick: all)")
     parser.add_argument("--data-dir", help="audio folder for the pipeline section (default: generated clips)")
     parser.add_argument("--song", help="audio file for the tagging section (default: a generated 3-minute signal)")
     parser.add_argument("--out", default="bench_results")
@@ -454,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     sections = set(args.sections.split(","))
     runtimes = args.runtimes.split(",")
     repeats = args.repeats or (3 if args.quick else 7)
-    thread_counts = ["all"] if args.quick else ["1", "all"]
+    thread_counts = (args.threads or ("all" if args.quick else "1,all")).split(",")
+    bad = [t for t in thread_counts if t != "all" and not (t.isdigit() and int(t) > 0)]
+    if bad:
+        parser.error(f"--threads: {bad} are not thread counts (positive numbers or 'all')")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"command": " ".join(["python -m keras_mgc.bench", *(argv or sys.argv[1:])]),
@@ -477,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["flops"] = run_worker({"kind": "flops", "config": name})
             if "inference" in sections:
                 entry["inference"] = _inference(name, runtimes, thread_counts, repeats, work, args.data_dir, artifacts)
+            if "frontend_share" in sections:
+                entry["frontend_share"] = _frontend_share(name, thread_counts, repeats)
             if "tagging" in sections:
                 entry["tagging"] = _tagging(name, song, thread_counts, 2 if args.quick else 3, work, args.data_dir,
                                             artifacts)
@@ -530,6 +595,18 @@ def _frontend(thread_counts: list[str], repeats: int) -> dict[str, Any]:
                 print(f"  front end {runtime:<15} {spectrum:<7} threads={threads:<3} " + (
                     f"clip {_fmt(res['clip']['median'], 4)} s" if "clip" in res else f"error: {res.get('error')}"),
                     flush=True)
+    return out
+
+
+def _frontend_share(name: str, thread_counts: list[str], repeats: int) -> dict[str, Any]:
+    out = {}
+    for threads in thread_counts:
+        out[threads] = res = run_worker({"kind": "frontend_share", "config": name, "threads": threads,
+                                         "repeats": max(repeats, 5)})
+        print(f"  {name} front-end share threads={threads:<3} " + (
+            f"before {_fmt(res['before']['median'], 4)} s, after {_fmt(res['after']['median'], 4)} s "
+            f"({res['speedup']:.2f}x), network alone {_fmt(res['network']['median'], 4)} s"
+            if "speedup" in res else f"error: {res.get('error')}"), flush=True)
     return out
 
 
@@ -665,7 +742,7 @@ def report(results: dict[str, Any]) -> str:
               "front end; training with torch.optim.Adam(weight_decay=1e-5)) timed in this same run on the same "
               "threads and batch, so every ratio is same-run."]
     lines += [f"authors' PyTorch rows skipped: {reason}" for reason in sorted(skipped)]
-    lines += _frontend_report(results) + _tagging_report(results)
+    lines += _frontend_report(results) + _frontend_share_report(results) + _tagging_report(results)
     pipe = results.get("pipeline")
     if pipe and "memory" in pipe:
         lines += ["", f"Input pipeline ({pipe['files']} files from {pipe['data']}): "
@@ -699,6 +776,30 @@ def _frontend_report(results: dict[str, Any]) -> list[str]:
                              f"{_fmt(t['median'], 4)} ({_fmt(t['p10'], 4)}-{_fmt(t['p90'], 4)}) | "
                              f"{', '.join(shares) or '-'} |")
     return lines
+
+
+def _frontend_share_report(results: dict[str, Any]) -> list[str]:
+    """Before/after issue 14: whole TFLite float32 model per front end, and the front end's share."""
+    rows = []
+    for name, entry in results["configs"].items():
+        for threads, res in (entry.get("frontend_share") or {}).items():
+            if "speedup" not in res:
+                rows.append(f"| {name} | {threads} | error: {res.get('error', '')[:60]} | | | | | |")
+                continue
+            before, after = res["before"], res["after"]
+            fixed = res["after_fixed_length"]
+            rows.append(f"| {name} | {threads} | {_fmt(before['median'], 4)} | {100 * before['frontend_share']:.0f}% "
+                        f"| {_fmt(after['median'], 4)} | {100 * after['frontend_share']:.0f}% "
+                        f"| {res['speedup']:.2f}x | {_fmt(res['network']['median'], 4)} "
+                        f"| {_fmt(fixed['median'], 4)} ({100 * fixed['frontend_share']:.0f}%) |")
+    if not rows:
+        return []
+    return ["", "Whole model, TFLite float32, 30 s clip, front end before issue 14 (dense DFT table) and now "
+            "(folded DFT), round-robin in one process; share = 1 - network alone / whole. The last column is the "
+            "'after' graph converted for this one input length (XNNPACK then delegates all of it):", "",
+            "| config | threads | before s | front end share | after s | front end share | speed-up | network alone s "
+            "| after, fixed length s (front end share) |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def _tagging_report(results: dict[str, Any]) -> list[str]:

@@ -1,15 +1,21 @@
 """The log-mel front end, as a Keras layer that exports everywhere.
 
 It computes what the authors' torchaudio `MelSpectrogram` + `log(x + 1e-6)` + per-bin mean
-subtraction computes (BUILD_NOTES.md, "Design facts"). The spectrum comes from one of two paths
-(`spectrum=`), same numbers either way:
+subtraction computes (BUILD_NOTES.md, "Design facts"). The spectrum comes from one of three paths
+(`spectrum=`), same numbers any way:
 
 - ``"fft"`` (default): windowed frames through a real 2048-point FFT (`tf.signal.rfft`), which
   TensorFlow runs and the TFLite converter lowers to its builtin RFFT2D. About 35x fewer FLOPs
-  than the matmul, which dominated the small models' latency (BUILD_NOTES.md "FFT front end").
+  than the matmul; Keras, training and the SavedModel use it. TFLite's RFFT2D kernel is not
+  delegated to XNNPACK and ran 5x slower than the folded matmul (BUILD_NOTES.md "FFT front end").
 - ``"matmul"``: the DFT as two real matrix products over the 512 non-zero window samples, for
-  targets that cannot take an FFT: tf2onnx 1.17 cannot convert rfft followed by anything but
-  ComplexAbs, while reshape, matmul, square and log convert to ONNX (and TFLite) alike.
+  targets without a fast FFT (TFLite, whose RFFT2D is slower) or without one at all (ONNX:
+  tf2onnx 1.17 cannot convert rfft followed by anything but ComplexAbs); reshape, matmul,
+  square and log convert to ONNX and TFLite alike, and run on XNNPACK. The tables are folded
+  on the window's symmetry (`dft_tables`), half the multiply-adds of "dense".
+- ``"dense"``: the unfolded table (`dense_dft_table`, one 512 x 2 n_bins product): the front end
+  every artifact had before issue 14, kept as the benchmark's "before" row
+  (`python -m keras_mgc.bench --sections frontend_share`) and as a cross-check of the folding.
 
 Framing trick: torch.stft centres a `win_length` window inside `n_fft` and frames the
 reflect-padded signal every `hop_length` samples. Only the `win_length` windowed samples
@@ -49,14 +55,15 @@ from keras import ops
 
 from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 
-__all__ = ["TABLE_MODES", "hz_to_mel_htk", "mel_to_hz_htk", "mel_filterbank", "dft_tables", "subtract_time_mean",
+__all__ = ["TABLE_MODES", "SPECTRUM_MODES", "hz_to_mel_htk", "mel_to_hz_htk", "mel_filterbank", "dft_tables",
+           "dense_dft_table", "subtract_time_mean",
            "LogMelSpectrogram", "TimeMeanNormalization"]
 
 
 #: How LogMelSpectrogram holds its DFT and mel tables (see the module docstring).
 TABLE_MODES = ("constant", "runtime", "runtime_split16")
 #: How LogMelSpectrogram computes the spectrum (see the module docstring).
-SPECTRUM_MODES = ("fft", "matmul")
+SPECTRUM_MODES = ("fft", "matmul", "dense")
 
 
 def hz_to_mel_htk(freq: np.ndarray | float) -> np.ndarray:
@@ -102,6 +109,22 @@ def dft_tables(n_fft: int, win_length: int, bins: slice) -> tuple[np.ndarray, np
     m = np.arange(half, dtype=np.float64)
     phase = 2.0 * np.pi * np.outer(m, k) / n_fft
     return window[:, None] * np.cos(phase), -(window[:, None] * np.sin(phase))[1:]
+
+
+def dense_dft_table(n_fft: int, win_length: int, bins: slice) -> np.ndarray:
+    """Windowed DFT over all `win_length` frame samples, unfolded: (win_length, 2 n_bins), cos then sin.
+
+    The same spectrum as :func:`dft_tables` with twice the multiply-adds (no use of the window's
+    symmetry); sample n of the frame sits at n in the n_fft buffer (a per-bin phase, invisible in
+    the power).
+
+    >>> dense_dft_table(2048, 512, slice(1, 1024)).shape
+    (512, 2046)
+    """
+    k = np.arange(n_fft // 2 + 1, dtype=np.float64)[bins]
+    phase = 2.0 * np.pi * np.outer(np.arange(win_length, dtype=np.float64), k) / n_fft
+    window = periodic_hann(win_length)[:, None]
+    return np.concatenate([window * np.cos(phase), -window * np.sin(phase)], axis=1)
 
 
 def periodic_hann(win_length: int) -> np.ndarray:
@@ -173,6 +196,8 @@ class LogMelSpectrogram(keras.layers.Layer):
         self._bins = bins
         if spectrum == "matmul":
             self._dft_cos, self._dft_sin = (t.astype(dft_precision) for t in dft_tables(n_fft, win_length, bins))
+        elif spectrum == "dense":
+            self._dft = dense_dft_table(n_fft, win_length, bins).astype(dft_precision)
         else:
             self._window = periodic_hann(win_length).astype(dft_precision)
         self._fbank = fbank[bins].astype("float32")
@@ -203,6 +228,10 @@ class LogMelSpectrogram(keras.layers.Layer):
             even = ops.concatenate([blocks[:, 1:, :1], after + before], axis=-1)
             real = ops.matmul(even, self._table(self._dft_cos, waveform))
             imag = ops.matmul(after - before, self._table(self._dft_sin, waveform))
+        elif self.spectrum == "dense":
+            frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
+            spec = ops.matmul(frames, self._table(self._dft, waveform))
+            real, imag = spec[..., : self._n_bins], spec[..., self._n_bins :]
         else:
             frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
             # The window's samples sit at the start of the n_fft buffer instead of its centre:
@@ -227,6 +256,8 @@ class LogMelSpectrogram(keras.layers.Layer):
         """
         if self.spectrum == "matmul":
             spectrum = self.win_length + 2 * self.win_length * self._n_bins  # folding, then two half tables
+        elif self.spectrum == "dense":
+            spectrum = 4 * self.win_length * self._n_bins  # one (win, 2 n_bins) product
         else:
             spectrum = self.win_length + int(2.5 * self.n_fft * np.log2(self.n_fft))
         return spectrum + 3 * self._n_bins + 2 * self._n_bins * self.n_mels

@@ -45,3 +45,24 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path):
     pipe = results["pipeline"]
     assert pipe["memory"]["cached_crops_per_s"] > 0 and pipe["disk"]["first_epoch_crops_per_s"] > 0
     assert "| tiny | tflite_dynamic_int8 | all |" in table and "Input pipeline" in table
+
+
+def test_frontend_share_section_times_before_after_and_network_in_one_run(tmp_path):
+    proc = run_cli("keras_mgc.bench", "--quick", "--sections", "frontend_share", "--threads", "1", "--out",
+                   str(tmp_path), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    share = json.loads((tmp_path / "bench.json").read_text())["configs"]["tiny"]["frontend_share"]["1"]
+    for graph in ("before", "after", "network", "after_fixed_length", "network_fixed_length"):
+        assert 0 < share[graph]["p10"] <= share[graph]["median"] <= share[graph]["p90"], graph
+        assert share[graph]["n"] >= 5
+    for graph in ("before", "after", "after_fixed_length"):
+        assert 0 <= share[graph]["frontend_share"] < 1
+    assert share["speedup"] == share["before"]["median"] / share["after"]["median"]
+    row = next(line for line in (tmp_path / "bench.md").read_text().splitlines() if line.startswith("| tiny | 1 |"))
+    assert f"{share['speedup']:.2f}x" in row
+
+
+def test_bad_thread_counts_are_refused_naming_the_option(tmp_path):
+    proc = run_cli("keras_mgc.bench", "--quick", "--threads", "two", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "--threads" in proc.stderr and "two" in proc.stderr
