@@ -60,7 +60,7 @@ import numpy as np
 from keras_mgc import presets
 from keras_mgc.contract import DEFAULT_CROP_SAMPLES, DEFAULT_SAMPLE_RATE
 from keras_mgc.environment import cpu_flags
-from keras_mgc.timing import timings
+from keras_mgc.timing import round_robin_timings, timings
 
 CLIP_SAMPLES = 30 * DEFAULT_SAMPLE_RATE
 CROP = DEFAULT_CROP_SAMPLES
@@ -339,7 +339,6 @@ def work_frontend_share(job: dict[str, Any]) -> dict[str, Any]:
     model = _model(job["config"])
     x = _audio(CLIP_SAMPLES)
     mel_shape = (1, CLIP_SAMPLES // cfg.frontend.hop_length + 1, cfg.frontend.n_mels)
-    invokes = {}
     graphs = {name: (with_input(model, "mel", cfg), (None, None, cfg.frontend.n_mels), np.zeros(mel_shape, np.float32))
               if spectrum is None else
               (with_input(model, "waveform", cfg, dft_precision="float32", spectrum=spectrum), (None, None), x)
@@ -349,17 +348,9 @@ def work_frontend_share(job: dict[str, Any]) -> dict[str, Any]:
     # converted for one fixed input shape is delegated whole. Timed too, for comparison.
     graphs["after_fixed_length"] = (graphs["after"][0], x.shape, x)
     graphs["network_fixed_length"] = (graphs["network"][0], mel_shape, graphs["network"][2])
-    for name, (graph, spec, inp) in graphs.items():
-        invokes[name] = tflite_interpreter(graph, spec, inp, _threads(job["threads"])).invoke
-    # Round-robin: each round times every graph once, so load changes hit all of them alike.
-    for invoke in invokes.values():
-        invoke(), invoke()
-    seconds: dict[str, list[float]] = {name: [] for name in invokes}
-    for _ in range(job["repeats"]):
-        for name, invoke in invokes.items():
-            seconds[name].append(timings(invoke, 1, warmup=0)["median"])
-    out: dict[str, Any] = {name: {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)),
-                                  "p90": float(np.percentile(t, 90)), "n": len(t)} for name, t in seconds.items()}
+    invokes = {name: tflite_interpreter(graph, spec, inp, _threads(job["threads"])).invoke
+               for name, (graph, spec, inp) in graphs.items()}
+    out: dict[str, Any] = round_robin_timings(invokes, job["repeats"], warmup=2)
     for name, network in (("before", "network"), ("after", "network"), ("after_fixed_length", "network_fixed_length")):
         out[name]["frontend_share"] = max(0.0, 1.0 - out[network]["median"] / out[name]["median"])
     out["speedup"] = out["before"]["median"] / out["after"]["median"]

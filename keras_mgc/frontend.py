@@ -56,7 +56,7 @@ from keras import ops
 from keras_mgc.contract import DEFAULT_SAMPLE_RATE
 
 __all__ = ["TABLE_MODES", "SPECTRUM_MODES", "hz_to_mel_htk", "mel_to_hz_htk", "mel_filterbank", "dft_tables",
-           "dense_dft_table", "subtract_time_mean",
+           "dense_dft_table", "hop_blocks", "frames_from_blocks", "subtract_time_mean",
            "LogMelSpectrogram", "TimeMeanNormalization"]
 
 
@@ -131,6 +131,24 @@ def periodic_hann(win_length: int) -> np.ndarray:
     """torch.hann_window(win_length) (periodic), float64."""
     n = np.arange(win_length, dtype=np.float64)
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
+
+
+def hop_blocks(waveform: Any, hop: int) -> Any:
+    """(batch, samples) -> (batch, 1 + samples // hop + 1, hop): the reflect-padded signal in hop-sized blocks.
+
+    Frame t of torch.stft (win = 2 hop, centred) is blocks t and t + 1 (module docstring).
+
+    >>> tuple(hop_blocks(np.zeros((2, 1000), "float32"), 256).shape)
+    (2, 5, 256)
+    """
+    n_frames = ops.shape(waveform)[1] // hop + 1
+    padded = ops.pad(waveform, [[0, 0], [hop, hop]], mode="reflect")
+    return ops.reshape(padded[:, : (n_frames + 1) * hop], [ops.shape(waveform)[0], n_frames + 1, hop])
+
+
+def frames_from_blocks(blocks: Any) -> Any:
+    """(batch, frames + 1, hop) blocks -> (batch, frames, 2 hop) frames: frame t is blocks t and t + 1."""
+    return ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)
 
 
 def subtract_time_mean(features: Any) -> Any:
@@ -219,9 +237,7 @@ class LogMelSpectrogram(keras.layers.Layer):
     def call(self, waveform: Any) -> Any:
         hop = self.hop_length
         waveform = ops.cast(waveform, self.dft_precision)
-        n_frames = ops.shape(waveform)[1] // hop + 1
-        padded = ops.pad(waveform, [[0, 0], [hop, hop]], mode="reflect")
-        blocks = ops.reshape(padded[:, : (n_frames + 1) * hop], [ops.shape(waveform)[0], n_frames + 1, hop])
+        blocks = hop_blocks(waveform, hop)
         if self.spectrum == "matmul":
             # Frame t is blocks t and t+1; its centre is the first sample of block t+1.
             before, after = ops.flip(blocks[:, :-1, 1:], axis=-1), blocks[:, 1:, 1:]  # y[-m], y[m], m >= 1
@@ -229,11 +245,10 @@ class LogMelSpectrogram(keras.layers.Layer):
             real = ops.matmul(even, self._table(self._dft_cos, waveform))
             imag = ops.matmul(after - before, self._table(self._dft_sin, waveform))
         elif self.spectrum == "dense":
-            frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
-            spec = ops.matmul(frames, self._table(self._dft, waveform))
+            spec = ops.matmul(frames_from_blocks(blocks), self._table(self._dft, waveform))
             real, imag = spec[..., : self._n_bins], spec[..., self._n_bins :]
         else:
-            frames = ops.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, frames, win)
+            frames = frames_from_blocks(blocks)
             # The window's samples sit at the start of the n_fft buffer instead of its centre:
             # a phase shift per bin, which the power does not see.
             real, imag = ops.rfft(frames * self._table(self._window, waveform), fft_length=self.n_fft)

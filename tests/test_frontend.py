@@ -7,19 +7,15 @@ import pytest
 import soundfile as sf
 
 from keras_mgc.frontend import LogMelSpectrogram, TimeMeanNormalization, mel_filterbank
-from tests.reference_frontend import reference_logmel, reference_mel_filterbank
+from tests.reference_frontend import WORST_FLOAT32, reference_logmel, reference_mel_filterbank
 
 # The full 30 s clip of every genre, all quiet classical clips, and the clips where a float32
 # DFT was worst (BUILD_NOTES.md, "front-end precision").
 CLIPS = sorted(
     {f"{g}/{g}.00000" for g in "blues classical country disco hiphop jazz metal pop reggae rock".split()}
     | {f"classical/classical.{i:05d}" for i in range(10)}
-    | {"rock/rock.00007", "hiphop/hiphop.00003", "hiphop/hiphop.00004", "blues/blues.00006"}
+    | set(WORST_FLOAT32)
 )
-
-
-#: Where the float32 DFT was worst (BUILD_NOTES.md, "front-end precision").
-WORST_FLOAT32 = ["rock/rock.00007", "hiphop/hiphop.00003", "hiphop/hiphop.00004", "blues/blues.00006"]
 
 
 @pytest.fixture(scope="module")
