@@ -82,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
-    import keras
-
     from keras_mgc.data.datasets import DatasetError
     from keras_mgc.data.prepare import load_data
     from keras_mgc.data.shard import ShardError
@@ -91,7 +89,6 @@ def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
     from keras_mgc.io import disk_full_cause, read_json, write_json
     from keras_mgc.scoring import evaluate_checkpoint, summarise_run
 
-    keras.mixed_precision.set_global_policy("float32")
     try:
         data = load_data(recipe.data, run_dir, recipe.seed, sample_rate=recipe.model.frontend.sample_rate)
     except (DatasetError, SplitError, ShardError) as exc:

@@ -136,12 +136,7 @@ def evaluate_checkpoint(recipe: Any, data: Any, fold: Any, fold_dir: Path,
     from keras_mgc.models import load_float32
     from keras_mgc.windows import crop_length
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # evaluate the float32 rebuild (fast on CPU)
-    try:
-        model = load_float32(str(Path(fold_dir) / checkpoint), recipe.model, len(data.class_names))
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    model = load_float32(str(Path(fold_dir) / checkpoint), recipe.model, len(data.class_names))
     store, labels = data.part(fold, "test")  # decoded clips, or streamed from shards
     return evaluate_fold(Predictor(model), store, labels, data.class_names, recipe.eval.modes,
                          crop_length(recipe), recipe.eval.tta_crops, Path(fold_dir), f"{recipe.name} {fold.name}")
