@@ -87,7 +87,7 @@ def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
     from keras_mgc.data.shard import ShardError
     from keras_mgc.data.splits import SplitError
     from keras_mgc.io import disk_full_cause, read_json, write_json
-    from keras_mgc.scoring import evaluate_checkpoint, summarise_run
+    from keras_mgc.scoring import evaluate_checkpoint, evaluated_fields, summarise_run
 
     try:
         data = load_data(recipe.data, run_dir, recipe.seed, sample_rate=recipe.model.frontend.sample_rate)
@@ -122,10 +122,7 @@ def _evaluate(args: argparse.Namespace, recipe: Any, run_dir: Path) -> int:
                 status = 1
                 records.append(record)
                 continue
-            epoch = record.get("epochs_run") if checkpoint == "last.keras" else record.get("best_epoch")
-            record["checkpoint"] = f"{fold.name}/{checkpoint}"
-            record["evaluated"] = {"checkpoint": checkpoint, "epoch": epoch,
-                                   "monitor": args.checkpoint or recipe.train.monitor}
+            record.update(evaluated_fields(fold.name, checkpoint, record, args.checkpoint or recipe.train.monitor))
             write_json(record_path, record)
             print(f"{fold.name}: " + ", ".join(f"{m} {100 * record['test'][m]['accuracy']:.1f}%"
                                               for m in record["test"]), flush=True)

@@ -142,6 +142,23 @@ def evaluate_checkpoint(recipe: Any, data: Any, fold: Any, fold_dir: Path,
                          crop_length(recipe), recipe.eval.tta_crops, Path(fold_dir), f"{recipe.name} {fold.name}")
 
 
+def evaluated_epoch(record: dict[str, Any], checkpoint: str) -> int | None:
+    """The epoch whose weights `checkpoint` holds, from a fold record (or `train_fold`'s result):
+    the last epoch run for last.keras, the best epoch for best.keras."""
+    return record.get("epochs_run") if checkpoint == "last.keras" else record.get("best_epoch")
+
+
+def evaluated_fields(fold_name: str, checkpoint: str, record: dict[str, Any], monitor: str) -> dict[str, Any]:
+    """A fold record's "checkpoint" and "evaluated" entries (in that order) for a test of `checkpoint`
+    (best.keras or last.keras), chosen by `monitor`; the epoch comes from `record`.
+
+    >>> evaluated_fields("fold_01", "last.keras", {"best_epoch": 3, "epochs_run": 8}, "last")
+    {'checkpoint': 'fold_01/last.keras', 'evaluated': {'checkpoint': 'last.keras', 'epoch': 8, 'monitor': 'last'}}
+    """
+    return {"checkpoint": f"{fold_name}/{checkpoint}",
+            "evaluated": {"checkpoint": checkpoint, "epoch": evaluated_epoch(record, checkpoint), "monitor": monitor}}
+
+
 def summarise_run(run_dir: Path, recipe: Any, data: Any, records: list[dict[str, Any]],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write results.json / results.md for `records` and print the headline line; returns the results."""
@@ -162,7 +179,7 @@ def _tested(fold: dict[str, Any]) -> str:
     """Which checkpoint the fold's test metrics come from, e.g. "last.keras (epoch 80)"."""
     evaluated = fold.get("evaluated") or {}
     name = evaluated.get("checkpoint") or Path(fold.get("checkpoint") or "best.keras").name
-    epoch = evaluated.get("epoch", fold.get("best_epoch") if name == "best.keras" else None)
+    epoch = evaluated.get("epoch", evaluated_epoch(fold, name))
     return f"{name} (epoch {epoch})" if epoch is not None else name
 
 

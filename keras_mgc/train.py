@@ -122,7 +122,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     import tensorflow as tf
 
     from keras_mgc.data.prepare import load_data
-    from keras_mgc.scoring import evaluate_checkpoint, summarise_run
+    from keras_mgc.scoring import evaluate_checkpoint, evaluated_fields, summarise_run
     from keras_mgc.io import read_json, write_json
     from keras_mgc.fold_trainer import TrainingDiverged, make_strategy, resolve_precision, train_fold
 
@@ -187,16 +187,15 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
             continue
         checkpoint = recipe.train.evaluated_checkpoint
         test = evaluate_checkpoint(recipe, data, fold, fold_dir, checkpoint)
-        evaluated_epoch = training["epochs_run"] if checkpoint == "last.keras" else training["best_epoch"]
-        record = {"fold": fold.number, "name": fold.name, "checkpoint": f"{fold.name}/{checkpoint}",
-                  "evaluated": {"checkpoint": checkpoint, "epoch": evaluated_epoch, "monitor": recipe.train.monitor},
+        record = {"fold": fold.number, "name": fold.name,
+                  **evaluated_fields(fold.name, checkpoint, training, recipe.train.monitor),
                   **{k: v for k, v in training.items() if k != "history"}, "split": split_report, "test": test}
         write_json(fold_dir / "history.json", training["history"])
         write_json(record_path, record)
         records.append(record)
         scores = ", ".join(f"{m} {100 * test[m]['accuracy']:.1f}%" for m in test)
         print(f"{fold.name}: best epoch {training['best_epoch']}, test accuracy of {checkpoint} (epoch "
-              f"{evaluated_epoch}) {scores}", flush=True)
+              f"{record['evaluated']['epoch']}) {scores}", flush=True)
     if not info.is_chief:
         shutil.rmtree(work_dir, ignore_errors=True)
         print(f"worker {info.index}: done (the chief writes the results)", flush=True)
