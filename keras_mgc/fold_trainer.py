@@ -142,7 +142,6 @@ class RunState(keras.callbacks.BackupAndRestore):
         self.last_path = fold_dir / "last.keras"
         self.state_path = self.restore_dir / "backup" / "state.json"
         self.history: list[dict[str, Any]] = []
-        self.best: float | None = None
         self.best_epoch: int | None = None
         self.best_logs: dict[str, float] = {}  # val_accuracy and val_loss of the best epoch
         self.diverged: str | None = None
@@ -180,7 +179,7 @@ class RunState(keras.callbacks.BackupAndRestore):
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(self.restore_dir / "backup" / state["weights"])
         self.model._initial_epoch = int(state["epoch"])
-        self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
+        self.history, self.best_epoch = state["history"], state["best_epoch"]
         self.best_logs = state.get("best_logs") or next(  # states written before best_logs: from the history
             ({k: h[k] for k in ("val_accuracy", "val_loss") if k in h} for h in self.history
              if h["epoch"] == self.best_epoch), {})
@@ -222,7 +221,6 @@ class RunState(keras.callbacks.BackupAndRestore):
         if self._improved(logs):
             self.best_epoch = epoch + 1
             self.best_logs = {k: logs[k] for k in ("val_accuracy", "val_loss") if k in logs}
-            self.best = self.best_logs.get(self._key) if self.monitor else None
             save_model(self.model, self._pending_best(epoch + 1))
         self.history.append({"epoch": epoch + 1, **logs})
         weights = f"weights-{epoch + 1:04d}.weights.h5"
@@ -237,6 +235,11 @@ class RunState(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         pass  # keep the backup: a later fold failure must not lose this fold's state
+
+    @property
+    def best(self) -> float | None:
+        """The best epoch's ranking value (`_key`), as state.json records it; None without a validation fold."""
+        return self.best_logs.get(self._key) if self.monitor else None
 
     @property
     def _key(self) -> str:

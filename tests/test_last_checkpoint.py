@@ -56,6 +56,16 @@ def test_monitor_val_loss_keeps_the_lowest_loss_ties_to_the_higher_accuracy(tmp_
     assert state.best_epoch == 3 and state.best == 0.8 and _kernel(tmp_path / "best.keras") == 3.0
 
 
+@pytest.mark.parametrize("monitor, best", [("val_accuracy", 0.7), ("last", 0.7), ("val_loss", 0.4), (None, None)])
+def test_state_json_records_the_best_value_and_a_resume_reads_it_back(tmp_path, monitor, best):
+    state, model = _state(tmp_path, monitor)
+    _epochs(state, model, [(0.5, 1.0), (0.7, 0.5), (0.6, 0.4)])
+    assert state.best == best
+    assert json.loads((tmp_path / "backup" / "state.json").read_text())["best"] == best
+    resumed, _ = _state(tmp_path, monitor)  # a new process reading backup/state.json
+    assert resumed.best == best and resumed.best_epoch == state.best_epoch
+
+
 def test_last_keras_holds_the_final_weights_beside_the_best(tmp_path):
     state, model = _state(tmp_path, "last")
     _epochs(state, model, [(0.5, 1.0), (0.7, 0.5), (0.6, 0.4)])
