@@ -308,10 +308,13 @@ def train_fold(recipe: Recipe, data: PreparedData | ShardedData, fold: Fold, fol
     fix_keras_multi_worker(model, strategy)
     distributed = strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if isinstance(data, ShardedData):
+        has_valid = "valid" in data.shards.parts() and data.shards.n_records("valid") > 0
+    else:
+        has_valid = bool(fold.valid)
+    state = RunState(fold_dir, train_cfg.monitor if has_valid else None, restore_dir)
+    initial_epoch = state.initial_epoch
+    if isinstance(data, ShardedData):
         shards = data.shards
-        has_valid = "valid" in shards.parts() and shards.n_records("valid") > 0
-        state = RunState(fold_dir, train_cfg.monitor if has_valid else None, restore_dir)
-        initial_epoch = state.initial_epoch
         options = dict(data_cycle=recipe.data.data_cycle, initial_epoch=initial_epoch,
                        shuffle_buffer=recipe.data.shuffle_buffer, interleave_cycle=recipe.data.interleave_cycle,
                        max_steps=train_cfg.steps_per_epoch)
@@ -323,20 +326,17 @@ def train_fold(recipe: Recipe, data: PreparedData | ShardedData, fold: Fold, fol
             inputs = shards.distributed_training_input(strategy, "train", crop, seed, train_cfg.batch_size, **options)
         else:
             inputs = shards.training_dataset("train", crop, seed, train_cfg.batch_size, **options)
-        valid = data.part(fold, "valid") if has_valid else None
     else:
         train_store = data.store.subset(data.positions(fold.train))
         sampler = CropSampler(train_store.lengths, crop, recipe.data.data_cycle, seed, train_cfg.batch_size,
                               train_cfg.steps_per_epoch)
-        state = RunState(fold_dir, train_cfg.monitor if fold.valid else None, restore_dir)
-        initial_epoch = state.initial_epoch
         steps_per_epoch = sampler.steps_per_epoch
         labels = data.labels(fold.train)
         if distributed:
             inputs = distributed_training_input(strategy, train_store, labels, sampler, initial_epoch)
         else:
             inputs = training_dataset(train_store, labels, sampler, initial_epoch)
-        valid = data.part(fold, "valid") if fold.valid else None
+    valid = data.part(fold, "valid") if has_valid else None
     callbacks: list[keras.callbacks.Callback] = []
     if valid is not None:
         callbacks.append(WholeClipValidation(valid[0], valid[1], crop))
