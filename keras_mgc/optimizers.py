@@ -43,7 +43,6 @@ class AdamL2(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate: float = 1e-3, weight_decay: float = 0.0, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-8, name: str = "adam_l2", **kwargs: Any) -> None:
-        kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if weight_decay < 0:
             raise ValueError(f"AdamL2: weight_decay must be >= 0, got {weight_decay}")
