@@ -165,6 +165,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
     extra = {"precision": policy, "replicas": strategy.num_replicas_in_sync, **({"command": command} if command else {})}
     records: list[dict[str, Any]] = []
     status = 0
+    split_reports = data.report()["folds"]  # each fold's sizes (and missing/skipped tracks)
     for fold in folds:
         fold_dir = run_dir / fold.name
         record_path = fold_dir / "fold.json"
@@ -172,7 +173,7 @@ def run(recipe: Recipe, run_dir: Path, command: str | None = None, info: Any = N
             print(f"{fold.name}: already complete, skipped", flush=True)
             records.append(read_json(record_path))
             continue
-        split_report = data.report()["folds"][fold.name]
+        split_report = split_reports[fold.name]
         print(f"{fold.name}: " + ", ".join(f"{p} {n}" for p, n in split_report["sizes"].items()) + " tracks",
               flush=True)
         try:
