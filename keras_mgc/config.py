@@ -487,6 +487,27 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
+    def _crop_from_seconds(self) -> "Recipe":
+        """data.crop_seconds as data.crop_samples at the model's rate (one sample rate from data to device).
+
+        Defined before _check_fixed_length: pydantic runs after-validators in definition order,
+        and a fixed-length model (VGG) checks the crop that crop_seconds gives, not the default.
+        """
+        rate = self.model.frontend.sample_rate
+        data = self.data
+        if data.crop_seconds is not None:
+            try:
+                samples = seconds_to_samples(data.crop_seconds, rate)
+            except ValueError as exc:
+                raise ValueError(f"data.crop_seconds: {exc} (model.frontend.sample_rate); give a duration that is, "
+                                 f"or data.crop_samples (e.g. {round(data.crop_seconds * rate)})") from None
+            if "crop_samples" in data.model_fields_set and data.crop_samples != samples:
+                raise ValueError(f"data.crop_samples: {data.crop_samples} disagrees with data.crop_seconds="
+                                 f"{data.crop_seconds:g} ({samples} samples at {rate} Hz); give one of them")
+            data.crop_samples = samples
+        return self
+
+    @model_validator(mode="after")
     def _check_fixed_length(self) -> "Recipe":
         frames = self.model.fixed_frames()
         if frames is not None:
@@ -504,19 +525,9 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _check_rate(self) -> "Recipe":
-        """One sample rate from data to device: crops and mel files must agree with the model's."""
+        """One sample rate from data to device: mel files must agree with the model's (crops: _crop_from_seconds)."""
         rate, hop = self.model.frontend.sample_rate, self.model.frontend.hop_length
         data = self.data
-        if data.crop_seconds is not None:
-            try:
-                samples = seconds_to_samples(data.crop_seconds, rate)
-            except ValueError as exc:
-                raise ValueError(f"data.crop_seconds: {exc} (model.frontend.sample_rate); give a duration that is, "
-                                 f"or data.crop_samples (e.g. {round(data.crop_seconds * rate)})") from None
-            if "crop_samples" in data.model_fields_set and data.crop_samples != samples:
-                raise ValueError(f"data.crop_samples: {data.crop_samples} disagrees with data.crop_seconds="
-                                 f"{data.crop_seconds:g} ({samples} samples at {rate} Hz); give one of them")
-            data.crop_samples = samples
         if self.model.input == "mel":
             if (data.mel_sample_rate, data.mel_hop_length) != (rate, hop):
                 raise ValueError(

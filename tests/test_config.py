@@ -150,3 +150,13 @@ def test_an_unknown_preset_names_the_key_and_the_close_name():
     assert "model.preset: expected a preset name" in _error({**GOOD, "model": {"preset": 15}})
     with pytest.raises(ValueError, match="already registered"):
         presets.register(presets.get("tiny"))
+
+
+def test_a_fixed_length_model_checks_the_crop_that_crop_seconds_gives():
+    """tiny_vgg at 16 kHz takes exactly 31 hops of 256 = 7936 samples = 0.496 s: data.crop_seconds
+    decides the crop, not the default crop_samples (44,356) it replaces."""
+    model = {"preset": "tiny_vgg", "frontend": {"sample_rate": 16000}}
+    recipe = parse_recipe({**GOOD, "data": {**GOOD["data"], "crop_seconds": 0.496}, "model": model})
+    assert recipe.data.crop_samples == 7936
+    msg = _error({**GOOD, "data": {**GOOD["data"], "crop_seconds": 0.5}, "model": model})
+    assert "data.crop_samples:" in msg and "must be 7936 samples (32 - 1 hops of 256); got 8000" in msg
