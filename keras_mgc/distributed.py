@@ -53,10 +53,19 @@ class TaskInfo:
     task_type: str
     index: int
     num_workers: int
+    has_chief: bool = False  # the cluster has a "chief" job
 
     @property
     def is_chief(self) -> bool:
-        return self.task_type == "chief" or (self.task_type == "worker" and self.index == 0)
+        """The chief task, else (no chief job) worker 0: TensorFlow's rule (multi_worker_util.is_chief)
+        for the tasks that train; an evaluator, which TF counts as its own chief, never writes the run.
+
+        >>> TaskInfo("worker", 0, 2).is_chief, TaskInfo("worker", 0, 2, has_chief=True).is_chief
+        (True, False)
+        """
+        if self.has_chief:
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.index == 0
 
 
 # --------------------------------------------------------------------------- TF_CONFIG
@@ -147,8 +156,7 @@ def configure_cluster() -> TaskInfo:
         if config is None:
             return TaskInfo("worker", 0, 1)
         os.environ["TF_CONFIG"] = json.dumps(config)
-    workers = len(config["cluster"].get("worker", [])) + len(config["cluster"].get("chief", []))
-    return TaskInfo(config["task"]["type"], int(config["task"]["index"]), workers)
+    return _task_info(config)
 
 
 def task_info() -> TaskInfo:
@@ -156,9 +164,14 @@ def task_info() -> TaskInfo:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return TaskInfo("worker", 0, 1)
-    config = check_tf_config(raw)
-    workers = len(config["cluster"].get("worker", [])) + len(config["cluster"].get("chief", []))
-    return TaskInfo(config["task"]["type"], int(config["task"]["index"]), workers)
+    return _task_info(check_tf_config(raw))
+
+
+def _task_info(config: dict[str, Any]) -> TaskInfo:
+    """The TaskInfo of a checked TF_CONFIG."""
+    cluster = config["cluster"]
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    return TaskInfo(config["task"]["type"], int(config["task"]["index"]), workers, has_chief="chief" in cluster)
 
 
 def worker_dir(run_dir: Path, info: TaskInfo) -> Path:

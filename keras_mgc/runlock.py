@@ -99,19 +99,14 @@ def _pid_running(pid: int) -> bool:
 
 
 def is_chief() -> bool:
-    """False for a non-chief task of a TF_CONFIG multi-worker cluster; True otherwise."""
+    """False for a non-chief task of a TF_CONFIG multi-worker cluster (`TaskInfo.is_chief`); True
+    otherwise, also for a TF_CONFIG that cannot be used (the lock is taken when in doubt)."""
+    from keras_mgc.distributed import ClusterError, task_info
+
     try:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task = config.get("task") or {}
-        kind, index = task.get("type"), int(task.get("index", 0))
-        cluster = config.get("cluster") or {}
-    except (ValueError, TypeError, AttributeError):
+        return task_info().is_chief
+    except ClusterError:
         return True
-    if not kind:
-        return True
-    if "chief" in cluster:
-        return kind == "chief"
-    return kind == "worker" and index == 0
 
 
 def describe_self(command: str | None) -> dict[str, Any]:

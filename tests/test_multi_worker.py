@@ -29,7 +29,8 @@ import yaml
 from keras_mgc.config import load_recipe
 from keras_mgc.data import shard as S
 from keras_mgc.data.synthetic_melon import make_synthetic_melon
-from keras_mgc.distributed import ClusterError, check_tf_config, make_tf_config, tf_config_from_slurm
+from keras_mgc.distributed import ClusterError, check_tf_config, make_tf_config, task_info, tf_config_from_slurm
+from keras_mgc.distributed import worker_dir
 from keras_mgc.distributed import main as distributed_main
 from tests.conftest import REPO_ROOT
 
@@ -212,6 +213,26 @@ def test_tf_config_is_checked_with_clear_errors():
     for config, message in bad:
         with pytest.raises(ClusterError, match=message):
             check_tf_config(config if isinstance(config, str) else json.dumps(config))
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+    ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), True),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 0), False),  # the chief job's task is the chief
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 1), False),
+])
+def test_the_chief_is_the_chief_task_else_worker_0_as_tensorflow_decides(monkeypatch, tmp_path, cluster, task, chief):
+    from tensorflow.python.distribute import multi_worker_util
+
+    from keras_mgc.runlock import is_chief
+
+    assert multi_worker_util.is_chief(cluster, *task) is chief  # MultiWorkerMirroredStrategy's own rule
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
+    info = task_info()
+    assert info.is_chief is chief and is_chief() is chief  # who writes the run, who takes its lock
+    assert info.num_workers == len(cluster.get("chief", [])) + len(cluster["worker"])
+    assert (worker_dir(tmp_path / "run", info) == tmp_path / "run") is chief
 
 
 def test_slurm_environment_gives_tf_config_by_tfs_resolver():
