@@ -357,8 +357,8 @@ def _build_task_models(opts: ExportOptions, models: Any, stage: Path, model_name
         art = Artifact(f"tflite/{task_model.task_filename(precision)}", "tflite_task", precision, ("window",))
         log(f"building {art.name}")
         try:
-            flatbuffer = task_model.build_task_model(models, precision, window, meta)
-            art.details.update(task_model.check_task_contract(flatbuffer, len(src.class_names), window))
+            flatbuffer, checked = task_model.build_task_model(models, precision, window, meta)
+            art.details.update(checked)
             art.path = stage / art.name
             kio.write_bytes(art.path, flatbuffer)
             art.runner = verify.TFLiteTaskRunner(art.path, window, threads=1)

@@ -87,11 +87,14 @@ def task_metadata(name: str, class_names: list[str], sample_rate: int, window: i
     )
 
 
-def build_task_model(models: ServingModels, precision: str, window: int, meta: AudioClassifierMetadata) -> bytes:
-    """The task-ready model: the fixed-window flatbuffer with its metadata and labels attached."""
+def build_task_model(models: ServingModels, precision: str, window: int,
+                     meta: AudioClassifierMetadata) -> tuple[bytes, dict[str, Any]]:
+    """The task-ready model: the fixed-window flatbuffer with its metadata and labels attached.
+
+    Returns the flatbuffer and what `check_task_contract` found in it (raises ExportError when it fails).
+    """
     flatbuffer = attach(convert_task(models, precision, window), meta)
-    check_task_contract(flatbuffer, len(meta.labels), window)
-    return flatbuffer
+    return flatbuffer, check_task_contract(flatbuffer, len(meta.labels), window)
 
 
 def task_io_spec(waveform_spec: dict[str, Any], window: int) -> dict[str, Any]:
