@@ -380,3 +380,22 @@ def test_cli_usage_errors_exit_2_with_one_message(tmp_path, capsys):
     assert main(["--model", "x.keras"]) == 2
     assert "--model needs --recipe and --classes" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_bad_options_fail_before_anything_is_loaded(tmp_path):
+    """Option errors come first: the source below has no clips, checkpoint or recipe to load."""
+    import re
+    from types import SimpleNamespace
+
+    from keras_mgc.export import ExportError
+    from keras_mgc.export.run import ExportOptions, run_export
+
+    source = SimpleNamespace(crop_samples=CROP)
+    for options, message in [({"formats": ("coreml",)}, "unknown format(s) ['coreml']"),
+                             ({"tflite_precisions": ("int4",)}, "unknown TFLite precision(s) ['int4']"),
+                             ({"version": 0}, "--version must be a positive integer"),
+                             ({"task_precisions": ("int8",)},
+                              "task models exist for float32, dynamic_int8, not ['int8']")]:
+        with pytest.raises(ExportError, match=re.escape(message)):
+            run_export(ExportOptions(source=source, out=tmp_path / "out", **options), log=lambda msg: None)
+    assert not list(tmp_path.iterdir())
