@@ -234,6 +234,24 @@ def test_task_models_have_fixed_window_one_output_and_metadata(out, export_resul
         np.testing.assert_allclose(result.window_probabilities[0], expected, atol=tolerance)
 
 
+def test_task_contract_check_names_what_is_wrong(out, export_result):
+    """export.task_model.check_task_contract: the contract's check plus the task model's fixed form."""
+    from keras_mgc.export import ExportError
+    from keras_mgc.export.task_model import check_task_contract
+
+    n = len(json.loads((export_result["run"] / "classes.json").read_text()))
+    data = (out / "tflite/model_task_float32.tflite").read_bytes()
+    found = check_task_contract(data, n, CROP)
+    assert (found["input_shape"], found["output_shape"], found["labels_file"]) == ([1, CROP], [1, n], "labels.txt")
+    with pytest.raises(ExportError, match=rf"task model input has shape signature \[1, {CROP}\], expected fixed "
+                                          rf"\[1, {CROP + 1}\]"):
+        check_task_contract(data, n, CROP + 1)
+    with pytest.raises(ExportError, match=rf'task model: output "probabilities" .* the metadata names {n + 1} classes'):
+        check_task_contract(data, n + 1, CROP)
+    with pytest.raises(ExportError, match=r"expected only serving_default: waveform -> probabilities \(no embedding"):
+        check_task_contract((out / "tflite/model_float32.tflite").read_bytes(), n, CROP)
+
+
 # --------------------------------------------------------------------------- SavedModel
 
 
