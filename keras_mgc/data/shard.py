@@ -112,17 +112,6 @@ def parse_record(serialized: bytes) -> dict[str, Any]:
             "index": f["index"].int64_list.value[0], "crc32": f["crc32"].int64_list.value[0]}
 
 
-def decode_clip(path: str, kind: str, sample_rate: int, notes: list[str]) -> np.ndarray:
-    """The clip as training consumes it, with the loaders' decoders and checks (raises AudioError)."""
-    if kind == "mel":
-        from keras_mgc.data.datasets import load_melon_mel
-
-        return load_melon_mel(path)
-    from keras_mgc.audio import load_audio
-
-    return load_audio(path, sample_rate, on_truncated=notes.append)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,6 +126,7 @@ def write_shard(job: ShardJob, out_dir: str, kind: str, sample_rate: int) -> dic
     import tensorflow as tf
 
     from keras_mgc.audio import AudioError
+    from keras_mgc.data.pipeline import decode_track, skip_reason, truncation_note
 
     target = Path(out_dir) / job.file
     written: list[tuple[int, str, int, int]] = []  # index, key, label, crc32
@@ -147,14 +137,12 @@ def write_shard(job: ShardJob, out_dir: str, kind: str, sample_rate: int) -> dic
             for index, path, key, label in job.tracks:
                 notes: list[str] = []
                 try:
-                    clip = decode_clip(path, kind, sample_rate, notes)
+                    clip = decode_track(path, kind == "mel", sample_rate, notes)
                 except (AudioError, OSError) as exc:
-                    reason = exc.reason if isinstance(exc, AudioError) else str(exc)
-                    skipped.append({"path": path, "key": key, "reason": reason})
+                    skipped.append({"path": path, "key": key, "reason": skip_reason(exc)})
                     continue
                 if notes:
-                    flagged.append({"path": path, "key": key,
-                                    "reason": "truncated, using the decodable part: " + "; ".join(notes)})
+                    flagged.append({"path": path, "key": key, "reason": truncation_note(notes)})
                 payload = record_bytes(clip, kind)
                 writer.write(_example(tf, payload, int(clip.shape[0]), label, key, index))
                 written.append((index, key, label, zlib.crc32(payload)))
