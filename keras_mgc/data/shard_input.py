@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from keras_mgc.data.datasets import Track
-from keras_mgc.data.shard import FORMAT, FORMAT_VERSION, MANIFEST, ShardError, parse_record
+from keras_mgc.data.shard import FORMAT, FORMAT_VERSION, MANIFEST, PROGRESS, ShardError, parse_record
 from keras_mgc.io import read_json
 
 _MAX_EPOCHS = 1 << 30
@@ -214,7 +214,7 @@ class ShardClips:
 
     @staticmethod
     def _labels(shards: ShardSet, part: str) -> list[int]:
-        progress = shards.folder / ".progress"
+        progress = shards.folder / PROGRESS
         labels: list[int] = []
         for shard in shards._part(part)["shards"]:
             labels += read_json(progress / f"{shard['file']}.json")["labels"]
