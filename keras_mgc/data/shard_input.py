@@ -27,7 +27,6 @@ Example (with shards written by `python -m keras_mgc.data.shard`; tests/test_sha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,7 +293,7 @@ class ShardedData:
                 "folds": {self.folds[0].name: {"sizes": self.sizes()}}}
 
 
-def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int, n_mels: int | None = None) -> None:
+def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int) -> None:
     """ShardError if the shards were made for another input (mel vs audio) or sample rate."""
     want = "mel" if model_input == "mel" else "audio"
     if shards.kind != want:
@@ -302,8 +301,3 @@ def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int, n_m
     if want == "audio" and shards.manifest["sample_rate"] != sample_rate:
         raise ShardError(f"{shards.folder}: audio decoded at {shards.manifest['sample_rate']} Hz, the recipe's front "
                          f"end runs at {sample_rate} Hz; reshard with this recipe")
-
-
-def labels_of(clips: Sequence[Track], class_names: Sequence[str]) -> list[int]:
-    lookup = {c: i for i, c in enumerate(class_names)}
-    return [lookup[t.label] for t in clips]
