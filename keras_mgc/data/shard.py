@@ -61,6 +61,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 PROGRESS = ".progress"
+#: Stored dtype of a record's x per kind: float16 time-major mels, float32 audio samples, little-endian.
+RECORD_DTYPE = {"mel": "<f2", "audio": "<f4"}
 #: Records per shard when not given: ~100-200 MB files, what tf.data reads efficiently.
 DEFAULT_RECORDS = {"mel": 1024, "audio": 64}
 
@@ -85,8 +87,7 @@ class ShardJob:
 
 def record_bytes(clip: np.ndarray, kind: str) -> bytes:
     """The stored bytes of a decoded clip: float32 audio or float16 time-major mels, little-endian."""
-    dtype = "<f2" if kind == "mel" else "<f4"
-    return np.ascontiguousarray(clip, dtype=dtype).tobytes()
+    return np.ascontiguousarray(clip, dtype=RECORD_DTYPE[kind]).tobytes()
 
 
 def _example(tf: Any, payload: bytes, length: int, label: int, key: str, index: int) -> bytes:
@@ -294,7 +295,7 @@ def shard_dataset(parts: dict[str, list[tuple[str, str, int]]], out_dir: str | o
             "n_records": len(keys), "keys": f"{part}.txt",
             "shards": [{k: r[k] for k in ("file", "n_records", "bytes", "sha256")} for r in shards]}
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind,
-                "dtype": "float16" if kind == "mel" else "float32",
+                "dtype": np.dtype(RECORD_DTYPE[kind]).name,
                 "bins": 48 if kind == "mel" else None, "sample_rate": sample_rate, "frontend": frontend,
                 "class_names": list(class_names), "source": source, "parts": manifest_parts,
                 "records_per_shard": records_per_shard, "seed": seed,

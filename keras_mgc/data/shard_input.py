@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from keras_mgc.data.datasets import Track
-from keras_mgc.data.shard import FORMAT, FORMAT_VERSION, MANIFEST, PROGRESS, ShardError, parse_record
+from keras_mgc.data.shard import FORMAT, FORMAT_VERSION, MANIFEST, PROGRESS, RECORD_DTYPE, ShardError, parse_record
 from keras_mgc.io import read_json
 
 _MAX_EPOCHS = 1 << 30
@@ -240,8 +240,7 @@ class ShardClips:
         if rec["key"] != self.tracks[i].key:
             raise ShardError(f"{self.shards.folder}: record {i} of {self.part} is {rec['key']}, "
                              f"{self.part}.txt says {self.tracks[i].key}")
-        dtype = "<f2" if self.is_mel else "<f4"
-        x = np.frombuffer(rec["x"], dtype=dtype).astype(np.float32)
+        x = np.frombuffer(rec["x"], dtype=RECORD_DTYPE["mel" if self.is_mel else "audio"]).astype(np.float32)
         return x.reshape(rec["length"], -1) if self.is_mel else x
 
 
