@@ -154,8 +154,8 @@ def run(songs: int, out: Path, keep: bool) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    results: dict[str, Any] = {"machine": machine_info(), "songs": {"small": songs, "large": 10 * songs}}
     sizes = {"small": songs, "large": 10 * songs}
+    results: dict[str, Any] = {"machine": machine_info(), "songs": sizes}
     for name, n in sizes.items():
         t0 = time.perf_counter()
         make_synthetic_melon(work / f"melon_{name}", n, seed=1)

@@ -129,8 +129,9 @@ class ShardSet:
         batch = global_batch // num_pipelines
         batch_size = batch_size or batch
         steps = self.steps_per_epoch(part, global_batch, data_cycle, num_pipelines, max_steps)
-        files = tf.constant(self.files(part))
-        n_files = len(self.files(part))
+        paths = self.files(part)
+        files = tf.constant(paths)
+        n_files = len(paths)
         mine = math.ceil((n_files - pipeline_id) / num_pipelines)
         cycle = max(1, min(interleave_cycle, mine))
         mel = self.kind == "mel"
