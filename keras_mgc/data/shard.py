@@ -227,7 +227,7 @@ def shard_dataset(parts: dict[str, list[tuple[str, str, int]]], out_dir: str | o
     Returns the manifest. Raises ShardError for a folder holding another sharding (unless
     `overwrite`), and DatasetError when more than `max_skip_fraction` of the tracks are unusable.
     """
-    from keras_mgc.data.datasets import DatasetError
+    from keras_mgc.data.datasets import MELON_MEL_BINS, DatasetError
     from keras_mgc.data.splits import write_split_list
 
     if kind not in ("mel", "audio"):
@@ -296,7 +296,7 @@ def shard_dataset(parts: dict[str, list[tuple[str, str, int]]], out_dir: str | o
             "shards": [{k: r[k] for k in ("file", "n_records", "bytes", "sha256")} for r in shards]}
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind,
                 "dtype": np.dtype(RECORD_DTYPE[kind]).name,
-                "bins": 48 if kind == "mel" else None, "sample_rate": sample_rate, "frontend": frontend,
+                "bins": MELON_MEL_BINS if kind == "mel" else None, "sample_rate": sample_rate, "frontend": frontend,
                 "class_names": list(class_names), "source": source, "parts": manifest_parts,
                 "records_per_shard": records_per_shard, "seed": seed,
                 "skipped": skipped, "flagged": flagged,
