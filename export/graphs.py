@@ -65,11 +65,10 @@ class ServingModels:
         Free lengths except for a model built for one input length (VGG's first dense layer):
         its artifacts declare that length (`ModelConfigBase.fixed_frames`).
         """
-        frames, n_mels = self.cfg.fixed_frames(), self.cfg.frontend.n_mels
         if entry == WAVEFORM_INPUT:
-            return [None, None if frames is None else (frames - 1) * self.cfg.frontend.hop_length]
+            return [None, self.cfg.fixed_samples()]
         if entry == MEL_INPUT:
-            return [None, frames, n_mels]
+            return [None, self.cfg.fixed_frames(), self.cfg.frontend.n_mels]
         raise ValueError(f"unknown entry point {entry!r} (expected {WAVEFORM_INPUT!r} or {MEL_INPUT!r})")
 
     def input_spec(self, entry: str) -> Any:

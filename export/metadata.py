@@ -36,8 +36,8 @@ def io_spec(source: ExportSource, entry: str, embedding_size: int, input_name: s
                "description": f"mono audio at {source.sample_rate} Hz, float32 in [-1, 1], any length >= "
                               f"one crop ({source.crop_samples} samples); one row per clip (rows of one batch "
                               "share a length)"}
-        if frames is not None:
-            samples = (frames - 1) * cfg.frontend.hop_length
+        samples = cfg.fixed_samples()
+        if samples is not None:
             inp.update(shape=["batch", samples], description=(
                 f"mono audio at {source.sample_rate} Hz, float32 in [-1, 1], exactly {samples} samples: the model "
                 f"is built for one input length; average its probabilities over windows of it for a longer clip"))

@@ -198,6 +198,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
         raise ExportError(f"unknown TFLite precision(s) {sorted(bad)} (known: {', '.join(PRECISIONS)})")
     if opts.version < 1:
         raise ExportError(f"--version must be a positive integer, got {opts.version}")
+    tasks, window = _task_precisions(opts), _task_window(opts)  # task-ready TFLite models, their fixed window
     src = opts.source
     model_name = opts.model_name or default_model_name(src)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
@@ -217,10 +218,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
     fixed = models.input_shape("waveform")[1]  # None, or the samples a fixed-length model takes
     inputs = verify.EvalInputs.build(evaluation, src.crop_samples, opts.eval_crops_per_clip, models.log_mel, fixed)
     ref_out = {entry: verify.run_all(reference, inputs, entry) for entry in ("waveform", "mel")}
-    if _task_precisions(opts):
-        inputs.set_windows(_task_window(opts))
+    if tasks:
+        inputs.set_windows(window)
         if inputs.windows is None:
-            raise ExportError(f"no evaluation clip is as long as the task window ({_task_window(opts)} samples)")
+            raise ExportError(f"no evaluation clip is as long as the task window ({window} samples)")
         ref_out["window"] = verify.run_all(reference, inputs, "window")
     latency_x, latency_desc = verify.latency_clip(evaluation, src.sample_rate, fixed=fixed)
 
@@ -228,7 +229,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] | None = None) ->
     for stale in staging.removed_stale:
         log(f"removed the staging folder of an interrupted export: {stale}")
     try:
-        artifacts = _build_all(opts, models, representative, staging.dir, model_name, log)
+        artifacts = _build_all(opts, models, representative, staging.dir, model_name, tasks, window, log)
         for art in artifacts:
             if art.error is None:
                 _evaluate(art, opts, inputs, ref_out, latency_x, models, log)
@@ -267,7 +268,7 @@ def _task_precisions(opts: ExportOptions) -> list[str]:
 
 
 def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipSet, stage: Path, model_name: str,
-               log: Callable[[str], None]) -> list[Artifact]:
+               tasks: list[str], window: int, log: Callable[[str], None]) -> list[Artifact]:
     src = opts.source
     artifacts: list[Artifact] = []
 
@@ -324,7 +325,7 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
         finally:
             converter.close()
             shutil.rmtree(stage / ".tflite-work", ignore_errors=True)
-        artifacts += _build_task_models(opts, models, stage, model_name, log)
+        artifacts += _build_task_models(opts, models, stage, model_name, tasks, window, log)
 
     if "onnx" in opts.formats:
         from keras_mgc.export import onnx_export
@@ -346,19 +347,20 @@ def _build_all(opts: ExportOptions, models: Any, representative: clips_mod.ClipS
     return artifacts
 
 
-def _build_task_models(opts: ExportOptions, models: Any, stage: Path, model_name: str,
-                       log: Callable[[str], None]) -> list[Artifact]:
-    """model_task_<precision>.tflite: fixed window, probabilities only, TFLite Model Metadata (MediaPipe)."""
+def _build_task_models(opts: ExportOptions, models: Any, stage: Path, model_name: str, tasks: list[str],
+                       window: int, log: Callable[[str], None]) -> list[Artifact]:
+    """model_task_<precision>.tflite for `tasks`: `window` samples, probabilities only, TFLite Model Metadata
+    (MediaPipe)."""
     from keras_mgc.export import task_model
 
-    src, window, out = opts.source, _task_window(opts), []
+    src, out = opts.source, []
     meta = task_model.task_metadata(model_name, src.class_names, src.sample_rate, window, opts.version)
-    for precision in _task_precisions(opts):
+    for precision in tasks:
         art = Artifact(f"tflite/{task_model.task_filename(precision)}", "tflite_task", precision, ("window",))
         log(f"building {art.name}")
         try:
-            flatbuffer = task_model.build_task_model(models, precision, window, meta)
-            art.details.update(task_model.check_task_contract(flatbuffer, len(src.class_names), window))
+            flatbuffer, checked = task_model.build_task_model(models, precision, window, meta)
+            art.details.update(checked)
             art.path = stage / art.name
             kio.write_bytes(art.path, flatbuffer)
             art.runner = verify.TFLiteTaskRunner(art.path, window, threads=1)

@@ -19,9 +19,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-import numpy as np
-
-from keras_mgc.contract import PROBABILITIES, SIGNATURE, WAVEFORM_INPUT
+from keras_mgc.contract import (EMBEDDING, MEL_SIGNATURE, PROBABILITIES, SIGNATURE, WAVEFORM_INPUT, ContractError,
+                                check_signatures)
 from keras_mgc.export import ExportError
 from keras_mgc.export.graphs import ServingModels
 from keras_mgc.export.tflite import SPECTRUM, TABLE_MODE, non_builtin_ops
@@ -87,11 +86,14 @@ def task_metadata(name: str, class_names: list[str], sample_rate: int, window: i
     )
 
 
-def build_task_model(models: ServingModels, precision: str, window: int, meta: AudioClassifierMetadata) -> bytes:
-    """The task-ready model: the fixed-window flatbuffer with its metadata and labels attached."""
+def build_task_model(models: ServingModels, precision: str, window: int,
+                     meta: AudioClassifierMetadata) -> tuple[bytes, dict[str, Any]]:
+    """The task-ready model: the fixed-window flatbuffer with its metadata and labels attached.
+
+    Returns the flatbuffer and what `check_task_contract` found in it (raises ExportError when it fails).
+    """
     flatbuffer = attach(convert_task(models, precision, window), meta)
-    check_task_contract(flatbuffer, len(meta.labels), window)
-    return flatbuffer
+    return flatbuffer, check_task_contract(flatbuffer, len(meta.labels), window)
 
 
 def task_io_spec(waveform_spec: dict[str, Any], window: int) -> dict[str, Any]:
@@ -105,26 +107,34 @@ def task_io_spec(waveform_spec: dict[str, Any], window: int) -> dict[str, Any]:
 
 
 def check_task_contract(flatbuffer: bytes, num_classes: int, window: int) -> dict[str, Any]:
-    """Load in LiteRT: one subgraph, input [1, window] float32, output [1, n_classes] float32, metadata."""
+    """Load in LiteRT and check the export contract (`keras_mgc.contract.check_signatures`) and what a task
+    model adds: the waveform signature only, probabilities only, one input and one output tensor, input
+    fixed at [1, window], output [1, n_classes], the labels in the metadata."""
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_mgc.export.tflite_metadata import read
 
     interpreter = Interpreter(model_content=flatbuffer)
+    try:
+        report = check_signatures(interpreter, num_classes)
+    except ContractError as exc:
+        raise ExportError(f"task model: {exc}") from exc
     signatures = interpreter.get_signature_list()
-    if signatures != {SIGNATURE: {"inputs": [WAVEFORM_INPUT], "outputs": [PROBABILITIES]}}:
-        raise ExportError(f"task model signatures are {signatures}, expected serving_default: waveform -> probabilities")
+    if list(signatures) != [SIGNATURE] or signatures[SIGNATURE]["outputs"] != [PROBABILITIES]:
+        raise ExportError(f"task model signatures are {signatures}, expected only {SIGNATURE}: {WAVEFORM_INPUT} -> "
+                          f"{PROBABILITIES} (no {EMBEDDING} output, no {MEL_SIGNATURE} signature)")
     if len(interpreter.get_input_details()) != 1 or len(interpreter.get_output_details()) != 1:
         raise ExportError("a task model has exactly one input and one output tensor")
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    if inp["shape"].tolist() != [1, window] or inp["dtype"] != np.float32:
-        raise ExportError(f"task model input is {inp['dtype']} {inp['shape'].tolist()}, expected float32 [1, {window}]")
-    if out["shape"].tolist() != [1, num_classes]:
-        raise ExportError(f"task model output has shape {out['shape'].tolist()}, expected [1, {num_classes}]")
+    found = report.details[SIGNATURE]
+    if (report.fixed_batch, report.fixed_samples) != (1, window):
+        raise ExportError(f"task model input has shape signature {found['inputs'][WAVEFORM_INPUT]['shape_signature']}, "
+                          f"expected fixed [1, {window}]")
+    out_shape = found["outputs"][PROBABILITIES]["shape_signature"]
+    if out_shape[0] != 1:  # check_signatures checked [batch, num_classes]
+        raise ExportError(f"task model output has shape {out_shape}, expected [1, {num_classes}]")
     meta = read(flatbuffer)
     if meta["labels"] is None or len(meta["labels"]) != num_classes:
         raise ExportError(f"task model metadata lists {meta['labels']!r} as labels for {num_classes} classes")
     audio = meta["subgraphs"][0]["inputs"][0].get("audio_properties")
     return {"input_shape": [1, window], "output_shape": [1, num_classes], "audio_properties": audio,
             "metadata_name": meta["name"], "labels_file": next(iter(meta["files"]), None)}
-

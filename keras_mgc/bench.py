@@ -655,10 +655,8 @@ def _print_latency(name: str, runtime: str, threads: str, res: dict[str, Any]) -
 def _training(name: str, quick: bool) -> dict[str, Any]:
     import tensorflow as tf  # only to ask what devices exist
 
-    from keras_mgc.environment import cpu_flags
-
     precisions = ["float32"]
-    if "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags():
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         precisions.append("mixed_bfloat16")
     if tf.config.list_physical_devices("GPU"):
         precisions.append("mixed_float16")

@@ -82,6 +82,7 @@ def work_train(job: dict[str, Any]) -> dict[str, Any]:
 
     from keras_mgc.timing import timings
     from keras_mgc.config import load_recipe
+    from keras_mgc.data.datasets import MELON_MEL_BINS
     from keras_mgc.models import build_model, count_params
     from keras_mgc.models.flops import count_flops
 
@@ -90,7 +91,8 @@ def work_train(job: dict[str, Any]) -> dict[str, Any]:
     model = build_model(recipe.model, 28)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-5),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x = tf.constant(np.random.default_rng(0).standard_normal((TRAIN_BATCH, CROP_FRAMES, 48)).astype(np.float32))
+    mels = np.random.default_rng(0).standard_normal((TRAIN_BATCH, CROP_FRAMES, MELON_MEL_BINS))
+    x = tf.constant(mels.astype(np.float32))
     y = tf.constant(np.arange(TRAIN_BATCH) % 28)
     model.train_on_batch(x, y)
     step = timings(lambda: model.train_on_batch(x, y), job.get("steps", 3), warmup=1)
@@ -154,8 +156,8 @@ def run(songs: int, out: Path, keep: bool) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    results: dict[str, Any] = {"machine": machine_info(), "songs": {"small": songs, "large": 10 * songs}}
     sizes = {"small": songs, "large": 10 * songs}
+    results: dict[str, Any] = {"machine": machine_info(), "songs": sizes}
     for name, n in sizes.items():
         t0 = time.perf_counter()
         make_synthetic_melon(work / f"melon_{name}", n, seed=1)

@@ -135,16 +135,18 @@ class ModelConfigBase(_Section):
         """The number of mel frames the model is built for, or None when any length works."""
         return None
 
-    def fixed_input_length(self) -> int | None:
-        """Samples (waveform input) or frames (mel input) the model takes, or None when any length works.
+    def fixed_samples(self) -> int | None:
+        """Samples of audio the model is built for (its waveform input), or None when any length works.
 
         A clip of N samples gives 1 + N // hop_length frames, so a fixed-frame model takes
         (frames - 1) x hop_length samples of audio.
         """
         frames = self.fixed_frames()
-        if frames is None:
-            return None
-        return frames if self.input == "mel" else (frames - 1) * self.frontend.hop_length
+        return None if frames is None else (frames - 1) * self.frontend.hop_length
+
+    def fixed_input_length(self) -> int | None:
+        """Samples (waveform input) or frames (mel input) the model takes, or None when any length works."""
+        return self.fixed_frames() if self.input == "mel" else self.fixed_samples()
 
 
 class ECAPAConfig(ModelConfigBase):
@@ -512,7 +514,7 @@ class Recipe(_Section):
         frames = self.model.fixed_frames()
         if frames is not None:
             hop = self.model.frontend.hop_length
-            need = (frames - 1) * hop
+            need = self.model.fixed_samples()
             if self.data.crop_samples != need:
                 raise ValueError(
                     f"data.crop_samples: model.backbone '{self.model.backbone}' is built for exactly {frames} frames "

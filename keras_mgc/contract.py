@@ -144,14 +144,14 @@ def check_signatures(interpreter: Any, num_classes: int, *, embedding_size: int 
             raise ContractError(f'signature "{mel_key}" is {mel}, expected inputs [{MEL_INPUT!r}] '
                                 f"and outputs {sorted(OUTPUTS)}")
     details = {SIGNATURE: _describe(interpreter.get_signature_runner(SIGNATURE))}
-    if require_mel and mel_key is not None:
+    if require_mel:  # mel_key is set: checked above
         details[mel_key] = _describe(interpreter.get_signature_runner(mel_key))
 
     wave_in = details[SIGNATURE]["inputs"][WAVEFORM_INPUT]
     if wave_in["dtype"] != "float32" or len(wave_in["shape_signature"]) != 2:
         raise ContractError(f'input "{WAVEFORM_INPUT}" must be float32 [batch, samples], got {wave_in["dtype"]} '
                             f'of rank {len(wave_in["shape_signature"])}')
-    if require_mel and mel_key is not None:
+    if require_mel:
         got = details[mel_key]["inputs"][MEL_INPUT]["shape_signature"]
         if len(got) != 3 or (n_mels is not None and got[-1] != n_mels):
             raise ContractError(f'input "{mel_key}/{MEL_INPUT}" has shape signature {got}, '

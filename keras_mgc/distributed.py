@@ -143,20 +143,22 @@ def tf_config_from_slurm(port_base: int = 8888, environ: dict[str, str] | None =
     return check_tf_config({"cluster": spec, "task": {"type": task_type, "index": task_id}}, "Slurm")
 
 
+def environment_tf_config(port_base: int) -> dict[str, Any] | None:
+    """The TF_CONFIG this environment gives, checked: TF_CONFIG itself when set, else this
+    Slurm task's (`tf_config_from_slurm`); None with neither."""
+    raw = os.environ.get("TF_CONFIG")
+    return check_tf_config(raw) if raw else tf_config_from_slurm(port_base)
+
+
 def configure_cluster() -> TaskInfo:
     """Make sure TF_CONFIG describes this process (from Slurm when unset) and return its place.
 
     No TF_CONFIG and no Slurm step: a one-worker job (MultiWorkerMirroredStrategy runs locally).
     """
-    raw = os.environ.get("TF_CONFIG")
-    if raw:
-        config = check_tf_config(raw)
-    else:
-        config = tf_config_from_slurm(int(os.environ.get("KERAS_MGC_PORT_BASE", "8888")))
-        if config is None:
-            return TaskInfo("worker", 0, 1)
+    config = environment_tf_config(int(os.environ.get("KERAS_MGC_PORT_BASE", "8888")))
+    if config is not None and not os.environ.get("TF_CONFIG"):  # made from Slurm
         os.environ["TF_CONFIG"] = json.dumps(config)
-    return _task_info(config)
+    return task_info()
 
 
 def task_info() -> TaskInfo:
@@ -164,11 +166,7 @@ def task_info() -> TaskInfo:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return TaskInfo("worker", 0, 1)
-    return _task_info(check_tf_config(raw))
-
-
-def _task_info(config: dict[str, Any]) -> TaskInfo:
-    """The TaskInfo of a checked TF_CONFIG."""
+    config = check_tf_config(raw)
     cluster = config["cluster"]
     workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
     return TaskInfo(config["task"]["type"], int(config["task"]["index"]), workers, has_chief="chief" in cluster)
@@ -328,10 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.index is None:
                     raise ClusterError("--hosts needs --index")
                 config = make_tf_config([h.strip() for h in args.hosts.split(",") if h.strip()], args.index)
-            elif os.environ.get("TF_CONFIG"):
-                config = check_tf_config(os.environ["TF_CONFIG"])
             else:
-                config = tf_config_from_slurm(args.port_base)
+                config = environment_tf_config(args.port_base)
                 if config is None:
                     raise ClusterError("no TF_CONFIG, no --hosts and not in a multi-task Slurm step")
             print(json.dumps(config))

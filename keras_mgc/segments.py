@@ -138,7 +138,6 @@ def segment_windows(
     # into the next, its new previous neighbour cannot share that genre: equal genres give
     # equal means, and ties go to the previous.)
     columns = (begin, end, genre, first, stop)
-    lengths = np.array(end) - np.array(begin)
 
     def absorb(lo: int, into: int) -> None:
         """Segments lo and lo + 1 become one (at lo) with the genre of `into`."""
@@ -148,6 +147,7 @@ def segment_windows(
             del column[lo + 1]
 
     while len(genre) > 1:
+        lengths = np.subtract(end, begin)
         k = int(np.argmin(lengths))  # ties: the earliest
         if not lengths[k] < min_segment:
             break
@@ -163,9 +163,6 @@ def segment_windows(
         absorb(lo, into)
         if lo + 1 < len(genre) and genre[lo + 1] == genre[lo]:
             absorb(lo, lo)
-        # the segments removed are lo + 1 ... in the old numbering; lo spans them all
-        lengths = np.delete(lengths, np.s_[lo + 1 : lo + 1 + len(lengths) - len(genre)])
-        lengths[lo] = end[lo] - begin[lo]
 
     # 3. output
     return [

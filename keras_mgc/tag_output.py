@@ -52,7 +52,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from keras_mgc.io import atomic_path, write_text
 from keras_mgc.segments import Segment, audacity_labels
@@ -255,10 +255,9 @@ class ResultWriter:
     (result None for a failed song), and `close()` at the end (also after an error).
     """
 
-    def __init__(self, kind: str, fmt: str, path: Path | None, header: Header, *,
-                 stdout: TextIO | None = None) -> None:
+    def __init__(self, kind: str, fmt: str, path: Path | None, header: Header) -> None:
         self.kind, self.format, self.path, self.header = kind, fmt, path, header
-        self.stdout = stdout or sys.stdout
+        self.stdout = sys.stdout
         self.columns = csv_columns(header.class_names) if fmt == "csv" else []
         self.records: list[dict[str, Any]] = []  # the batch FILE's / stdout JSON's results
         self._done: set[str] = set()
@@ -465,11 +464,12 @@ class Progress:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def update(self, n: int = 1, skipped: int = 0) -> None:
+    def update(self, skipped: int = 0) -> None:
+        """One more song done; `skipped`: how many were skipped as already in the output so far."""
         if self._bar is not None:
             if skipped:
                 self._bar.set_postfix(skipped=skipped, refresh=False)
-            self._bar.update(n)
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:

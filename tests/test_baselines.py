@@ -74,7 +74,10 @@ def test_vgg_first_dense_layer_fixes_the_input_length():
     wave = build_model(presets.model_config(TINY["vgg"]), 10)
     assert wave.input_shape == (None, 31 * 256)  # 1 + N // 256 = 32 frames
     assert presets.model_config(TINY["vgg"]).fixed_input_length() == 31 * 256
+    assert presets.model_config(TINY["vgg"]).fixed_samples() == 31 * 256
+    assert VGGConfig(input="mel").fixed_input_length() == 200 and VGGConfig(input="mel").fixed_samples() == 199 * 256
     assert ResNetConfig(backbone="resnet18").fixed_input_length() is None
+    assert ResNetConfig(backbone="resnet18").fixed_samples() is None
 
 
 @pytest.mark.parametrize(("model", "message"), [

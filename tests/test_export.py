@@ -234,6 +234,24 @@ def test_task_models_have_fixed_window_one_output_and_metadata(out, export_resul
         np.testing.assert_allclose(result.window_probabilities[0], expected, atol=tolerance)
 
 
+def test_task_contract_check_names_what_is_wrong(out, export_result):
+    """export.task_model.check_task_contract: the contract's check plus the task model's fixed form."""
+    from keras_mgc.export import ExportError
+    from keras_mgc.export.task_model import check_task_contract
+
+    n = len(json.loads((export_result["run"] / "classes.json").read_text()))
+    data = (out / "tflite/model_task_float32.tflite").read_bytes()
+    found = check_task_contract(data, n, CROP)
+    assert (found["input_shape"], found["output_shape"], found["labels_file"]) == ([1, CROP], [1, n], "labels.txt")
+    with pytest.raises(ExportError, match=rf"task model input has shape signature \[1, {CROP}\], expected fixed "
+                                          rf"\[1, {CROP + 1}\]"):
+        check_task_contract(data, n, CROP + 1)
+    with pytest.raises(ExportError, match=rf'task model: output "probabilities" .* the metadata names {n + 1} classes'):
+        check_task_contract(data, n + 1, CROP)
+    with pytest.raises(ExportError, match=r"expected only serving_default: waveform -> probabilities \(no embedding"):
+        check_task_contract((out / "tflite/model_float32.tflite").read_bytes(), n, CROP)
+
+
 # --------------------------------------------------------------------------- SavedModel
 
 
@@ -379,4 +397,23 @@ def test_cli_usage_errors_exit_2_with_one_message(tmp_path, capsys):
     assert err == [f"export: error: run directory not found: {tmp_path / 'missing'}"]
     assert main(["--model", "x.keras"]) == 2
     assert "--model needs --recipe and --classes" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_options_fail_before_anything_is_loaded(tmp_path):
+    """Option errors come first: the source below has no clips, checkpoint or recipe to load."""
+    import re
+    from types import SimpleNamespace
+
+    from keras_mgc.export import ExportError
+    from keras_mgc.export.run import ExportOptions, run_export
+
+    source = SimpleNamespace(crop_samples=CROP)
+    for options, message in [({"formats": ("coreml",)}, "unknown format(s) ['coreml']"),
+                             ({"tflite_precisions": ("int4",)}, "unknown TFLite precision(s) ['int4']"),
+                             ({"version": 0}, "--version must be a positive integer"),
+                             ({"task_precisions": ("int8",)},
+                              "task models exist for float32, dynamic_int8, not ['int8']")]:
+        with pytest.raises(ExportError, match=re.escape(message)):
+            run_export(ExportOptions(source=source, out=tmp_path / "out", **options), log=lambda msg: None)
     assert not list(tmp_path.iterdir())

@@ -29,8 +29,8 @@ import yaml
 from keras_mgc.config import load_recipe
 from keras_mgc.data import shard as S
 from keras_mgc.data.synthetic_melon import make_synthetic_melon
-from keras_mgc.distributed import ClusterError, check_tf_config, make_tf_config, task_info, tf_config_from_slurm
-from keras_mgc.distributed import worker_dir
+from keras_mgc.distributed import (ClusterError, TaskInfo, check_tf_config, configure_cluster, make_tf_config,
+                                   task_info, tf_config_from_slurm, worker_dir)
 from keras_mgc.distributed import main as distributed_main
 from tests.conftest import REPO_ROOT
 
@@ -242,6 +242,27 @@ def test_slurm_environment_gives_tf_config_by_tfs_resolver():
     assert config == {"cluster": {"worker": ["gpu07:9000", "gpu08:9000"]}, "task": {"type": "worker", "index": 1}}
     assert tf_config_from_slurm(9000, {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}) is None
     assert tf_config_from_slurm(9000, {}) is None
+
+
+def test_configure_cluster_reads_tf_config_else_fills_it_from_slurm(monkeypatch):
+    for name in [k for k in os.environ if k.startswith("SLURM_")] + ["TF_CONFIG", "KERAS_MGC_PORT_BASE"]:
+        monkeypatch.delenv(name, raising=False)
+    assert configure_cluster() == TaskInfo("worker", 0, 1) and "TF_CONFIG" not in os.environ
+    given = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+                        "task": {"type": "worker", "index": 1}})
+    monkeypatch.setenv("TF_CONFIG", given)
+    assert configure_cluster() == TaskInfo("worker", 1, 3) and os.environ["TF_CONFIG"] == given
+    monkeypatch.setenv("TF_CONFIG", "{")
+    with pytest.raises(ClusterError, match="not valid JSON"):
+        configure_cluster()
+    monkeypatch.delenv("TF_CONFIG")
+    for name, value in {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "gpu[07-08]",
+                        "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "CUDA_VISIBLE_DEVICES": "",
+                        "KERAS_MGC_PORT_BASE": "9000"}.items():
+        monkeypatch.setenv(name, value)
+    assert configure_cluster() == TaskInfo("worker", 1, 2)
+    assert json.loads(os.environ["TF_CONFIG"]) == {"cluster": {"worker": ["gpu07:9000", "gpu08:9000"]},
+                                                   "task": {"type": "worker", "index": 1}}
 
 
 def test_example_job_files_parse_and_give_valid_tf_configs(capsys):

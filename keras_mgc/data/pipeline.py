@@ -33,14 +33,37 @@ from keras_mgc.data.datasets import MELON_MEL_BINS, Track, load_melon_mel
 from keras_mgc.io import DiskFullError, atomic_path
 from keras_mgc.windows import crop
 
-__all__ = ["CACHE_VERSION", "is_mel_track", "ClipStore", "CropSampler", "training_dataset", "distributed_training_input",
-           "whole_clip_dataset"]
+__all__ = ["CACHE_VERSION", "is_mel_track", "decode_track", "skip_reason", "truncation_note", "ClipStore",
+           "CropSampler", "training_dataset", "distributed_training_input", "whole_clip_dataset"]
 
 CACHE_VERSION = 1
 
 
 def is_mel_track(track: Track) -> bool:
     return track.path.endswith(".npy")
+
+
+def decode_track(path: str | os.PathLike[str], is_mel: bool, sample_rate: int,
+                 notes: list[str] | None = None) -> np.ndarray:
+    """A track's clip as training consumes it: `load_melon_mel` for a mel file, else `load_audio`
+    at `sample_rate`; what `ClipStore` and the shard writer both decode with.
+
+    Raises AudioError (or OSError) for an unusable file. A truncated audio file's notes are
+    appended to `notes` when given (see `truncation_note`), else load_audio warns.
+    """
+    if is_mel:
+        return load_melon_mel(path)
+    return load_audio(path, sample_rate, on_truncated=None if notes is None else notes.append)
+
+
+def skip_reason(exc: AudioError | OSError) -> str:
+    """Why a track that `decode_track` refused is skipped, as the skip lists record it."""
+    return exc.reason if isinstance(exc, AudioError) else str(exc)
+
+
+def truncation_note(notes: list[str]) -> str:
+    """The flag-list reason of a track decoded with truncation `notes`."""
+    return "truncated, using the decodable part: " + "; ".join(notes)
 
 
 class ClipStore:
@@ -75,9 +98,7 @@ class ClipStore:
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, track: Track, notes: list[str] | None = None) -> np.ndarray:
-        if is_mel_track(track):
-            return load_melon_mel(track.path)
-        return load_audio(track.path, self.sample_rate, on_truncated=None if notes is None else notes.append)
+        return decode_track(track.path, is_mel_track(track), self.sample_rate, notes)
 
     def _cache_path(self, track: Track) -> Path:
         st = os.stat(track.path)
@@ -104,8 +125,7 @@ class ClipStore:
         except (AudioError, OSError) as exc:
             if isinstance(exc, DiskFullError):  # the cache's disk, not the track: stop, do not skip it
                 raise
-            reason = exc.reason if isinstance(exc, AudioError) else str(exc)
-            return i, None, 0, reason, notes
+            return i, None, 0, skip_reason(exc), notes
 
     def prepare(self) -> "ClipStore":
         """Decode (or index) every track once; drop and record the unreadable ones."""
@@ -121,8 +141,7 @@ class ClipStore:
             if reason is not None:
                 self.skipped.append({"path": t.path, "key": t.key, "label": t.label, "reason": reason})
             elif notes:
-                self.flagged.append({"path": t.path, "key": t.key, "label": t.label,
-                                     "reason": "truncated, using the decodable part: " + "; ".join(notes)})
+                self.flagged.append({"path": t.path, "key": t.key, "label": t.label, "reason": truncation_note(notes)})
         self.tracks = [self.tracks[i] for i in keep]
         self._arrays = [results[i][1] for i in keep]
         self.lengths = np.array([results[i][2] for i in keep], dtype=np.int64)

@@ -61,6 +61,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 PROGRESS = ".progress"
+#: Stored dtype of a record's x per kind: float16 time-major mels, float32 audio samples, little-endian.
+RECORD_DTYPE = {"mel": "<f2", "audio": "<f4"}
 #: Records per shard when not given: ~100-200 MB files, what tf.data reads efficiently.
 DEFAULT_RECORDS = {"mel": 1024, "audio": 64}
 
@@ -85,8 +87,7 @@ class ShardJob:
 
 def record_bytes(clip: np.ndarray, kind: str) -> bytes:
     """The stored bytes of a decoded clip: float32 audio or float16 time-major mels, little-endian."""
-    dtype = "<f2" if kind == "mel" else "<f4"
-    return np.ascontiguousarray(clip, dtype=dtype).tobytes()
+    return np.ascontiguousarray(clip, dtype=RECORD_DTYPE[kind]).tobytes()
 
 
 def _example(tf: Any, payload: bytes, length: int, label: int, key: str, index: int) -> bytes:
@@ -112,17 +113,6 @@ def parse_record(serialized: bytes) -> dict[str, Any]:
             "index": f["index"].int64_list.value[0], "crc32": f["crc32"].int64_list.value[0]}
 
 
-def decode_clip(path: str, kind: str, sample_rate: int, notes: list[str]) -> np.ndarray:
-    """The clip as training consumes it, with the loaders' decoders and checks (raises AudioError)."""
-    if kind == "mel":
-        from keras_mgc.data.datasets import load_melon_mel
-
-        return load_melon_mel(path)
-    from keras_mgc.audio import load_audio
-
-    return load_audio(path, sample_rate, on_truncated=notes.append)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,6 +127,7 @@ def write_shard(job: ShardJob, out_dir: str, kind: str, sample_rate: int) -> dic
     import tensorflow as tf
 
     from keras_mgc.audio import AudioError
+    from keras_mgc.data.pipeline import decode_track, skip_reason, truncation_note
 
     target = Path(out_dir) / job.file
     written: list[tuple[int, str, int, int]] = []  # index, key, label, crc32
@@ -147,14 +138,12 @@ def write_shard(job: ShardJob, out_dir: str, kind: str, sample_rate: int) -> dic
             for index, path, key, label in job.tracks:
                 notes: list[str] = []
                 try:
-                    clip = decode_clip(path, kind, sample_rate, notes)
+                    clip = decode_track(path, kind == "mel", sample_rate, notes)
                 except (AudioError, OSError) as exc:
-                    reason = exc.reason if isinstance(exc, AudioError) else str(exc)
-                    skipped.append({"path": path, "key": key, "reason": reason})
+                    skipped.append({"path": path, "key": key, "reason": skip_reason(exc)})
                     continue
                 if notes:
-                    flagged.append({"path": path, "key": key,
-                                    "reason": "truncated, using the decodable part: " + "; ".join(notes)})
+                    flagged.append({"path": path, "key": key, "reason": truncation_note(notes)})
                 payload = record_bytes(clip, kind)
                 writer.write(_example(tf, payload, int(clip.shape[0]), label, key, index))
                 written.append((index, key, label, zlib.crc32(payload)))
@@ -238,7 +227,7 @@ def shard_dataset(parts: dict[str, list[tuple[str, str, int]]], out_dir: str | o
     Returns the manifest. Raises ShardError for a folder holding another sharding (unless
     `overwrite`), and DatasetError when more than `max_skip_fraction` of the tracks are unusable.
     """
-    from keras_mgc.data.datasets import DatasetError
+    from keras_mgc.data.datasets import MELON_MEL_BINS, DatasetError
     from keras_mgc.data.splits import write_split_list
 
     if kind not in ("mel", "audio"):
@@ -306,8 +295,8 @@ def shard_dataset(parts: dict[str, list[tuple[str, str, int]]], out_dir: str | o
             "n_records": len(keys), "keys": f"{part}.txt",
             "shards": [{k: r[k] for k in ("file", "n_records", "bytes", "sha256")} for r in shards]}
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind,
-                "dtype": "float16" if kind == "mel" else "float32",
-                "bins": 48 if kind == "mel" else None, "sample_rate": sample_rate, "frontend": frontend,
+                "dtype": np.dtype(RECORD_DTYPE[kind]).name,
+                "bins": MELON_MEL_BINS if kind == "mel" else None, "sample_rate": sample_rate, "frontend": frontend,
                 "class_names": list(class_names), "source": source, "parts": manifest_parts,
                 "records_per_shard": records_per_shard, "seed": seed,
                 "skipped": skipped, "flagged": flagged,

@@ -27,7 +27,6 @@ Example (with shards written by `python -m keras_mgc.data.shard`; tests/test_sha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from keras_mgc.data.datasets import Track
-from keras_mgc.data.shard import FORMAT, FORMAT_VERSION, MANIFEST, ShardError, parse_record
+from keras_mgc.data.shard import FORMAT, FORMAT_VERSION, MANIFEST, PROGRESS, RECORD_DTYPE, ShardError, parse_record
 from keras_mgc.io import read_json
 
 _MAX_EPOCHS = 1 << 30
@@ -130,8 +129,9 @@ class ShardSet:
         batch = global_batch // num_pipelines
         batch_size = batch_size or batch
         steps = self.steps_per_epoch(part, global_batch, data_cycle, num_pipelines, max_steps)
-        files = tf.constant(self.files(part))
-        n_files = len(self.files(part))
+        paths = self.files(part)
+        files = tf.constant(paths)
+        n_files = len(paths)
         mine = math.ceil((n_files - pipeline_id) / num_pipelines)
         cycle = max(1, min(interleave_cycle, mine))
         mel = self.kind == "mel"
@@ -214,7 +214,7 @@ class ShardClips:
 
     @staticmethod
     def _labels(shards: ShardSet, part: str) -> list[int]:
-        progress = shards.folder / ".progress"
+        progress = shards.folder / PROGRESS
         labels: list[int] = []
         for shard in shards._part(part)["shards"]:
             labels += read_json(progress / f"{shard['file']}.json")["labels"]
@@ -241,8 +241,7 @@ class ShardClips:
         if rec["key"] != self.tracks[i].key:
             raise ShardError(f"{self.shards.folder}: record {i} of {self.part} is {rec['key']}, "
                              f"{self.part}.txt says {self.tracks[i].key}")
-        dtype = "<f2" if self.is_mel else "<f4"
-        x = np.frombuffer(rec["x"], dtype=dtype).astype(np.float32)
+        x = np.frombuffer(rec["x"], dtype=RECORD_DTYPE["mel" if self.is_mel else "audio"]).astype(np.float32)
         return x.reshape(rec["length"], -1) if self.is_mel else x
 
 
@@ -294,7 +293,7 @@ class ShardedData:
                 "folds": {self.folds[0].name: {"sizes": self.sizes()}}}
 
 
-def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int, n_mels: int | None = None) -> None:
+def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int) -> None:
     """ShardError if the shards were made for another input (mel vs audio) or sample rate."""
     want = "mel" if model_input == "mel" else "audio"
     if shards.kind != want:
@@ -302,8 +301,3 @@ def check_shards_match(shards: ShardSet, model_input: str, sample_rate: int, n_m
     if want == "audio" and shards.manifest["sample_rate"] != sample_rate:
         raise ShardError(f"{shards.folder}: audio decoded at {shards.manifest['sample_rate']} Hz, the recipe's front "
                          f"end runs at {sample_rate} Hz; reshard with this recipe")
-
-
-def labels_of(clips: Sequence[Track], class_names: Sequence[str]) -> list[int]:
-    lookup = {c: i for i, c in enumerate(class_names)}
-    return [lookup[t.label] for t in clips]

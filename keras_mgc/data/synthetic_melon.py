@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_mgc.data.datasets import MELON_MEL_BINS
 from keras_mgc.io import atomic_path, write_text
 
 FULL_FRAMES = 1876
 SHORT_FRAMES = (1250, 1875)
 FULL_FRACTION = 0.8
-MEL_BINS = 48
 
 
 def draw_lengths(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -47,13 +47,13 @@ def make_synthetic_melon(root: str | os.PathLike[str], n_songs: int, n_genres: i
     lengths = draw_lengths(rng, n_songs) if frames is None else np.full(n_songs, frames, dtype=np.int64)
     genres = rng.integers(0, n_genres, size=n_songs)
     codes = [f"GN{(g + 1) * 100:04d}" for g in range(n_genres)]
-    bins = np.arange(MEL_BINS)[:, None]
-    envelopes = [np.sin(bins / MEL_BINS * np.pi * (1 + g % 5)) * 2.0 + (g // 5) * 0.3 for g in range(n_genres)]
+    bins = np.arange(MELON_MEL_BINS)[:, None]
+    envelopes = [np.sin(bins / MELON_MEL_BINS * np.pi * (1 + g % 5)) * 2.0 + (g // 5) * 0.3 for g in range(n_genres)]
     songs = []
     for sid in range(n_songs):
         g = int(genres[sid])
         t = int(lengths[sid])
-        mel = envelopes[g] + rng.standard_normal((MEL_BINS, t), dtype=np.float32) - 4.0
+        mel = envelopes[g] + rng.standard_normal((MELON_MEL_BINS, t), dtype=np.float32) - 4.0
         folder = root / "arena_mel" / str(sid // 1000)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / f"{sid}.npy") as tmp:

@@ -47,7 +47,7 @@ def measure(row: paper.PaperRow, classes: int, flops: bool) -> dict:
             length = SECONDS * rate if cfg.input == "waveform" else 1 + SECONDS * rate // hop
             seconds = float(SECONDS)
         else:  # one window of a fixed-length model
-            seconds = (cfg.fixed_frames() - 1) * hop / rate
+            seconds = cfg.fixed_samples() / rate
         counted = count_flops(model, length)
         out.update(gflops_per_second=counted["total"] / seconds / 1e9,
                    frontend_gflops_per_second=counted["frontend"] / seconds / 1e9,

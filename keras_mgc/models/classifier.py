@@ -107,13 +107,12 @@ def build_preprocessor(cfg: ModelConfigBase, kind: str | None = None, **frontend
     `frontend` overrides LogMelSpectrogram arguments (e.g. dft_precision, table_mode).
     """
     kind = kind or cfg.input
-    frames = cfg.fixed_frames()  # a backbone built for one length gets an input of that length
+    # A backbone built for one length gets an input of that length.
     if kind == "waveform":
-        samples = None if frames is None else (frames - 1) * cfg.frontend.hop_length
-        inputs = keras.Input((samples,), name="waveform")
+        inputs = keras.Input((cfg.fixed_samples(),), name="waveform")
         features = LogMelSpectrogram(**(frontend_params(cfg) | frontend), name="frontend")(inputs)
     elif kind == "mel":
-        inputs = keras.Input((frames, cfg.frontend.n_mels), name="mel")
+        inputs = keras.Input((cfg.fixed_frames(), cfg.frontend.n_mels), name="mel")
         features = TimeMeanNormalization(name="frontend")(inputs) if cfg.frontend.mean_normalize else inputs
     else:
         raise ValueError(f"model.input: expected 'waveform' or 'mel', got {kind!r}")

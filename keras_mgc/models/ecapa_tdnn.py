@@ -34,8 +34,7 @@ from keras import ops
 from keras_mgc.config import ECAPAConfig
 
 __all__ = ["torch_initializers", "batch_norm", "ConvReluBN", "Res2Conv1D", "SEBlock", "SERes2Block", "ChannelSeparation",
-           "FeatureExtractor", "SubBandAggregator", "AttentiveStatsPooling", "ecapa_last_channels",
-           "build_ecapa_backbone"]
+           "FeatureExtractor", "SubBandAggregator", "AttentiveStatsPooling", "build_ecapa_backbone"]
 
 _register = keras.saving.register_keras_serializable(package="keras_mgc")
 
@@ -434,11 +433,6 @@ class AttentiveStatsPooling(_ConfigLayer):
         return (input_shape[0], 2 * self._args["channels"])
 
 
-def ecapa_last_channels(cfg: ECAPAConfig) -> int:
-    """Output channels of the last conv (ECAPAConfig.last_conv_channels: the authors' rule or the override)."""
-    return cfg.last_conv_channels()
-
-
 def build_ecapa_backbone(cfg: ECAPAConfig, name: str = "backbone") -> keras.Model:
     """Log-mel (batch, frames, n_mels) -> pooled embedding (batch, 2 x pooled channels).
 
@@ -457,7 +451,7 @@ def build_ecapa_backbone(cfg: ECAPAConfig, name: str = "backbone") -> keras.Mode
     )
     outputs = aggregator(mel)
     continuous, stop = outputs if aggregator.has_stop else (outputs, None)
-    last = ecapa_last_channels(cfg)
+    last = cfg.last_conv_channels()  # the authors' rule or model.last_channels
     in_last = n_blocks * sum(channels)
     if cfg.fsa.enabled:
         # The authors' FSA model aggregates bands with a full SE-Res2Block of kernel 1, no ReLU after.

@@ -145,9 +145,7 @@ def build_resnet_backbone(cfg: ResNetConfig, name: str = "backbone") -> keras.Mo
     h = instance_norm(cfg.frontend.n_mels)(mel) if cfg.instance_norm else mel
     h = MelImage(name="image")(h)
     stem = cfg.stage_channels[0]
-    h = keras.layers.Conv2D(stem, 7, strides=2, padding="valid", name="stem_conv",
-                            kernel_initializer=kaiming_fan_out(),
-                            bias_initializer=torch_initializers(49)["bias_initializer"])(h)
+    h = conv2d(stem, 7, 2, use_bias=True, name="stem_conv", fan_in=49)(h)
     h = batch_norm(sync, name="stem_bn")(keras.layers.ReLU(name="stem_relu")(h))
     h = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(h)
     in_channels = stem

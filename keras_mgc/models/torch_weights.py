@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping
 import keras
 import numpy as np
 
-from keras_mgc.frontend import LogMelSpectrogram, mel_filterbank
+from keras_mgc.frontend import LogMelSpectrogram, mel_filterbank, periodic_hann
 
 #: torchaudio MelSpectrogram buffers in the authors' raw-audio checkpoints.
 FBANK_WINDOW = "torchfbank.0.spectrogram.window"
@@ -193,8 +193,7 @@ def _check_frontend(model: keras.Model, state: Mapping[str, np.ndarray]) -> list
                 for k in present]
     problems = []
     if FBANK_WINDOW in state:
-        n = np.arange(frontend.win_length)
-        expected = 0.5 - 0.5 * np.cos(2 * np.pi * n / frontend.win_length)
+        expected = periodic_hann(frontend.win_length)
         got = np.asarray(state[FBANK_WINDOW], np.float64)
         if got.shape != expected.shape or np.abs(got - expected).max() > 1e-5:
             problems.append(f"{FBANK_WINDOW}: not the periodic Hann window of {frontend.win_length} samples "
