@@ -251,7 +251,7 @@ def test_configure_cluster_reads_tf_config_else_fills_it_from_slurm(monkeypatch)
     given = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
                         "task": {"type": "worker", "index": 1}})
     monkeypatch.setenv("TF_CONFIG", given)
-    assert configure_cluster() == TaskInfo("worker", 1, 3) and os.environ["TF_CONFIG"] == given
+    assert configure_cluster() == TaskInfo("worker", 1, 3, has_chief=True) and os.environ["TF_CONFIG"] == given
     monkeypatch.setenv("TF_CONFIG", "{")
     with pytest.raises(ClusterError, match="not valid JSON"):
         configure_cluster()
