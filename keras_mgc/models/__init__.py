@@ -4,6 +4,9 @@
 FLOPs per second of audio.
 """
 
+# Registers AdamL2, which every checkpoint trained with the paper recipes names: importing
+# keras_mgc.models is then all `keras.models.load_model("best.keras")` needs, compiled or not.
+from keras_mgc import optimizers as _optimizers  # noqa: F401
 from keras_mgc.models.classifier import (
     BACKBONES,
     ClassifierHead,
