@@ -96,9 +96,10 @@ def resolve(model: dict[str, Any]) -> dict[str, Any]:
 
 def model_config(name: str, **overrides: Any) -> Any:
     """The validated model configuration of preset `name`, with `overrides` laid over it."""
-    from keras_mgc.config import model_config_from_dict
+    from keras_mgc.config import MODEL_CONFIGS
 
-    return model_config_from_dict({"preset": name, **overrides})
+    merged = resolve({"preset": name, **overrides})
+    return MODEL_CONFIGS[merged.get("backbone", "ecapa_tdnn")].model_validate(merged)
 
 
 def _ecapa(channels: int, stop: int = 0, fsa: bool = False, **extra: Any) -> dict[str, Any]:
